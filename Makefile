@@ -1,0 +1,47 @@
+# toalab: build / demo / test / bench.  Every target bootstraps what it needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+TOALAB := $(VENV)/bin/toalab
+PYTEST := $(VENV)/bin/pytest
+BOOTSTRAP := $(VENV)/.toalab-installed
+
+# Parts that live in their own directories and have their own Makefiles.
+SUBDIRS := $(patsubst %/Makefile,%,$(wildcard kmod/Makefile bpf/Makefile images/Makefile))
+
+.PHONY: all build demo test test-fast lint bench help clean bootstrap $(SUBDIRS)
+
+all: build ## build everything (Python package, modules, BPF programs, VM image)
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+bootstrap: ## install Debian and Python packages (idempotent)
+	@sh scripts/bootstrap.sh
+
+$(BOOTSTRAP): pyproject.toml scripts/bootstrap.sh
+	@sh scripts/bootstrap.sh
+
+build: $(BOOTSTRAP) $(SUBDIRS)
+
+$(SUBDIRS): $(BOOTSTRAP)
+	@$(MAKE) --no-print-directory -C $@
+
+demo: build ## the main job: bring up fullnat-4to4 and show the option reach a real server
+	@$(PY) -m lab.demo
+
+lint: $(BOOTSTRAP) ## ruff over the Python code
+	@$(VENV)/bin/ruff check lab tests bench
+
+test: build lint ## the whole suite (unit, BPF, host namespaces, VM)
+	@$(PYTEST) -q -ra $(PYTEST_ARGS)
+
+test-fast: $(BOOTSTRAP) ## unit tests only, no root features
+	@$(PYTEST) -q -m "not host and not bpf and not vm" $(PYTEST_ARGS)
+
+bench: build ## benchmarks that print figures
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean: ## remove build products (keeps .venv)
+	@for d in $(SUBDIRS); do $(MAKE) --no-print-directory -C $$d clean; done
+	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,202 @@
+"""A topology compiled into the ordered operations that build it.
+
+The plan is the one place that decides what a topology means in kernel
+objects (namespaces, veth pairs, bridges, addresses, routes, sysctls).  The
+host engine executes it over netlink in-process; the VM engine renders it as
+an ``ip -batch`` shell script and runs that in the guest.  Docker and
+Mininet engines can consume the same operations.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass, field
+
+from lab.topology import IfAddr, IpAddr, Topology
+
+NS_PREFIX = "toalab-"
+SWITCH_BRIDGE = "br0"
+
+
+def ns_name(lab: str, node: str) -> str:
+    return f"{NS_PREFIX}{lab}-{node}"
+
+
+@dataclass(frozen=True)
+class Netns:
+    ns: str
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    ns: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Veth:
+    ns: str
+    ifname: str
+    peer_ns: str
+    peer_ifname: str
+    mtu: int
+
+
+@dataclass(frozen=True)
+class Bridge:
+    ns: str
+    ifname: str
+
+
+@dataclass(frozen=True)
+class Port:
+    ns: str
+    ifname: str
+    bridge: str
+
+
+@dataclass(frozen=True)
+class Up:
+    ns: str
+    ifname: str
+
+
+@dataclass(frozen=True)
+class Addr:
+    ns: str
+    ifname: str
+    addr: IfAddr
+
+
+@dataclass(frozen=True)
+class RouteAdd:
+    ns: str
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    via: IpAddr | None
+    dev: str | None
+
+
+Op = Netns | Sysctl | Veth | Bridge | Port | Up | Addr | RouteAdd
+
+# Set before any interface exists so that every interface inherits them:
+# no DAD wait on IPv6 addresses, and RS replies to an LB local address are
+# never dropped by reverse-path filtering in a fullnat layout.
+BASE_SYSCTLS = (
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+)
+FORWARDING_SYSCTLS = (
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+)
+
+
+@dataclass
+class Plan:
+    lab: str
+    namespaces: dict[str, str]  # node -> namespace
+    ops: list[Op] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, topo: Topology, lab: str) -> Plan:
+        nsmap = {n: ns_name(lab, n) for n in topo.nodes}
+        plan = cls(lab=lab, namespaces=nsmap)
+        ops = plan.ops
+        ops.extend(Netns(ns) for ns in nsmap.values())
+        for node in topo.nodes.values():
+            ns = nsmap[node.name]
+            ops.extend(Sysctl(ns, k, v) for k, v in BASE_SYSCTLS)
+            if node.forwarding:
+                ops.extend(Sysctl(ns, k, v) for k, v in FORWARDING_SYSCTLS)
+        for link in topo.links:
+            ops.append(
+                Veth(nsmap[link.a.node], link.a.ifname, nsmap[link.b.node], link.b.ifname, link.mtu)
+            )
+        for node in topo.nodes.values():
+            ns = nsmap[node.name]
+            ifnames = [ep.ifname for ep, _ in topo.links_of(node.name)]
+            if node.role == "switch":
+                ops.append(Bridge(ns, SWITCH_BRIDGE))
+                ops.extend(Port(ns, i, SWITCH_BRIDGE) for i in ifnames)
+                ifnames.append(SWITCH_BRIDGE)
+            ops.append(Up(ns, "lo"))
+            ops.extend(Up(ns, i) for i in ifnames)
+            for ifname, addrs in node.interfaces.items():
+                ops.extend(Addr(ns, ifname, a) for a in addrs)
+            ops.extend(Sysctl(ns, k, v) for k, v in node.sysctls.items())
+            ops.extend(RouteAdd(ns, r.dst, r.via, r.dev) for r in node.routes)
+        return plan
+
+    # -- rendering for engines that run shell in the target kernel ----------------
+    def render_shell(self) -> str:
+        """A POSIX sh script that builds the topology with iproute2.
+
+        ip commands are grouped into one ``ip -n NS -batch -`` per namespace
+        and phase, because a process start is the expensive part in a TCG guest.
+        """
+        out = ["set -e"]
+        out.extend(f"ip netns add {shlex.quote(op.ns)}" for op in self.ops if isinstance(op, Netns))
+        phases: list[list[Op]] = [
+            [op for op in self.ops if isinstance(op, Sysctl) and _is_base(op)],
+            [op for op in self.ops if isinstance(op, Veth)],
+            [op for op in self.ops if isinstance(op, Bridge | Port | Up | Addr)],
+            [op for op in self.ops if isinstance(op, Sysctl) and not _is_base(op)],
+            [op for op in self.ops if isinstance(op, RouteAdd)],
+        ]
+        for phase in phases:
+            by_ns: dict[str, list[Op]] = {}
+            for op in phase:
+                by_ns.setdefault(op.ns, []).append(op)
+            for ns, ops in by_ns.items():
+                sysctls = [op for op in ops if isinstance(op, Sysctl)]
+                if sysctls:
+                    body = "; ".join(
+                        f"echo {shlex.quote(op.value)} > {_sysctl_path(op.key)}" for op in sysctls
+                    )
+                    out.append(f"ip netns exec {shlex.quote(ns)} sh -c {shlex.quote(body)}")
+                lines = [_ip_line(op) for op in ops if not isinstance(op, Sysctl)]
+                if lines:
+                    out.append(f"ip -n {shlex.quote(ns)} -batch - <<'EOF'")
+                    out.extend(lines)
+                    out.append("EOF")
+        return "\n".join(out) + "\n"
+
+    def render_teardown(self) -> str:
+        return "".join(
+            f"ip netns del {shlex.quote(ns)} 2>/dev/null || true\n" for ns in self.namespaces.values()
+        )
+
+
+def _is_base(op: Sysctl) -> bool:
+    return (op.key, op.value) in BASE_SYSCTLS or (op.key, op.value) in FORWARDING_SYSCTLS
+
+
+def _sysctl_path(key: str) -> str:
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
+
+
+def _ip_line(op: Op) -> str:
+    match op:
+        case Veth():
+            return (
+                f"link add {op.ifname} mtu {op.mtu} type veth "
+                f"peer name {op.peer_ifname} mtu {op.mtu} netns {op.peer_ns}"
+            )
+        case Bridge():
+            return f"link add {op.ifname} type bridge"
+        case Port():
+            return f"link set {op.ifname} master {op.bridge}"
+        case Up():
+            return f"link set {op.ifname} up"
+        case Addr():
+            nodad = " nodad" if op.addr.version == 6 else ""
+            return f"addr add {op.addr.with_prefixlen} dev {op.ifname}{nodad}"
+        case RouteAdd():
+            via = f" via {op.via}" if op.via is not None else ""
+            dev = f" dev {op.dev}" if op.dev else ""
+            return f"route add {op.dst}{via}{dev}"
+    raise TypeError(f"no ip command for {op!r}")
