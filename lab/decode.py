@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from scapy.error import Scapy_Exception
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet
@@ -44,7 +45,7 @@ def _outer(pkt: Packet) -> str:
 def decode(path: str) -> Iterator[Decoded]:
     try:
         reader = PcapReader(path)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, Scapy_Exception) as e:
         raise LabError(f"{path}: cannot read capture: {e}") from None
     with reader:
         for i, pkt in enumerate(reader, 1):

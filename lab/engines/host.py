@@ -88,11 +88,11 @@ class HostEngine(Engine):
 
     def _execute(self, plan: Plan) -> None:
         netns.create([op.ns for op in plan.ops if isinstance(op, Netns)])
-        sockets: dict[str, IPRoute] = {}
+        sockets: dict[str, _Netlink] = {}
         try:
             for ns in plan.namespaces.values():
                 with netns.entered(ns):
-                    sockets[ns] = IPRoute()
+                    sockets[ns] = _Netlink(IPRoute())
             failpoint = _failpoint()
             for n, op in enumerate(plan.ops):
                 if failpoint and n == failpoint[1]:
@@ -105,7 +105,7 @@ class HostEngine(Engine):
                     raise LabError(f"building {op.ns}: {_describe(op)} failed: {e}") from None
         finally:
             for s in sockets.values():
-                s.close()
+                s.ipr.close()
 
     def down(self) -> None:
         for ns in self.record.namespaces.values():
@@ -168,14 +168,27 @@ def _trip(kind: str, n: int) -> None:
         time.sleep(3600)
 
 
-def _index(ipr: IPRoute, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise LabError(f"no interface {ifname}")
-    return int(found[0])
+class _Netlink:
+    """A namespace's netlink socket with a name -> ifindex cache.
+
+    One link dump per namespace instead of one lookup per operation: the
+    lookups were a third of the build time.
+    """
+
+    def __init__(self, ipr: IPRoute) -> None:
+        self.ipr = ipr
+        self._index: dict[str, int] = {}
+
+    def index(self, ifname: str) -> int:
+        if ifname not in self._index:
+            self._index = {link.get("ifname"): int(link["index"]) for link in self.ipr.get_links()}
+            if ifname not in self._index:
+                raise LabError(f"no interface {ifname}")
+        return self._index[ifname]
 
 
-def _apply(op: object, ipr: IPRoute) -> None:
+def _apply(op: object, nl: _Netlink) -> None:
+    ipr = nl.ipr
     match op:
         case Sysctl():
             with netns.entered(op.ns):
@@ -191,13 +204,13 @@ def _apply(op: object, ipr: IPRoute) -> None:
         case Bridge():
             ipr.link("add", ifname=op.ifname, kind="bridge")
         case Port():
-            ipr.link("set", index=_index(ipr, op.ifname), master=_index(ipr, op.bridge))
+            ipr.link("set", index=nl.index(op.ifname), master=nl.index(op.bridge))
         case Up():
-            ipr.link("set", index=_index(ipr, op.ifname), state="up")
+            ipr.link("set", index=nl.index(op.ifname), state="up")
         case Addr():
             ipr.addr(
                 "add",
-                index=_index(ipr, op.ifname),
+                index=nl.index(op.ifname),
                 address=str(op.addr.ip),
                 prefixlen=op.addr.network.prefixlen,
                 flags=_IFA_F_NODAD if op.addr.version == 6 else 0,
@@ -207,7 +220,7 @@ def _apply(op: object, ipr: IPRoute) -> None:
             if op.via is not None:
                 kw["gateway"] = str(op.via)
             if op.dev:
-                kw["oif"] = _index(ipr, op.dev)
+                kw["oif"] = nl.index(op.dev)
             ipr.route("add", **kw)
         case _:
             raise TypeError(f"host engine cannot apply {op!r}")
