@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * tcp_server - accept TCP connections and show the addresses the kernel
+ * reports (with toa.ko loaded: the client's and the VIP's).
+ *
+ * tcp_server [-4|-6] [--bind ADDR] [--json] [--count N|--once]
+ *            [--timeout SEC] PORT
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: tcp_server [-4|-6] [--bind ADDR] [--json] "
+		"[--count N|--once] [--timeout SEC] PORT\n");
+	exit(2);
+}
+
+static int listen_on(struct sockaddr_storage *ss)
+{
+	int one = 1, zero = 0, fd;
+	socklen_t len = ss_len(ss);
+
+	fd = socket(ss->ss_family, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ss->ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	if (bind(fd, (struct sockaddr *)ss, len) || listen(fd, 128) ||
+	    getsockname(fd, (struct sockaddr *)ss, &len)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* TOA_SO_GET_LOOKUP: 0 and l filled, or an errno */
+static int toa_lookup(int fd, struct toa_lookup *l)
+{
+	socklen_t len = sizeof(*l);
+
+	memset(l, 0, sizeof(*l));
+	if (getsockopt(fd, IPPROTO_IP, TOA_SO_GET_LOOKUP, l, &len))
+		return errno;
+	return 0;
+}
+
+static void show_conn(int n, int fd, struct sockaddr_storage *acc,
+		      socklen_t acc_len)
+{
+	struct sockaddr_storage peer, sock, c, v;
+	socklen_t plen = sizeof(peer), slen = sizeof(sock);
+	char a[160], p[160], s[160], lc[160], lv[160];
+	struct toa_lookup l;
+	int perr = 0, serr = 0, lerr;
+
+	memset(&peer, 0, sizeof(peer));
+	memset(&sock, 0, sizeof(sock));
+	if (getpeername(fd, (struct sockaddr *)&peer, &plen))
+		perr = errno;
+	if (getsockname(fd, (struct sockaddr *)&sock, &slen))
+		serr = errno;
+	lerr = toa_lookup(fd, &l);
+	ep_to_ss(&l.client, &c);
+	ep_to_ss(&l.vip, &v);
+
+	if (!json_mode) {
+		fmt_text(a, sizeof(a), (struct sockaddr *)acc);
+		fmt_text(p, sizeof(p), (struct sockaddr *)&peer);
+		fmt_text(s, sizeof(s), (struct sockaddr *)&sock);
+		printf("%d's connection %d from %s\n", n, fd, a);
+		printf("getpeername: %s\n", perr ? strerror(perr) : p);
+		printf("getsockname: %s\n", serr ? strerror(serr) : s);
+		fmt_text(lc, sizeof(lc), (struct sockaddr *)&c);
+		fmt_text(lv, sizeof(lv), (struct sockaddr *)&v);
+		if (lerr)
+			printf("toa lookup: %s\n", errno_name(lerr));
+		else
+			printf("toa lookup: %s -> %s\n", lc, lv);
+		printf("worker on %d\n", fd);
+		fflush(stdout);
+		return;
+	}
+	fmt_json(a, sizeof(a), (struct sockaddr *)acc);
+	fmt_json(p, sizeof(p), (struct sockaddr *)&peer);
+	fmt_json(s, sizeof(s), (struct sockaddr *)&sock);
+	fmt_json(lc, sizeof(lc), (struct sockaddr *)&c);
+	fmt_json(lv, sizeof(lv), (struct sockaddr *)&v);
+	printf("{\"event\":\"accept\",\"n\":%d,\"fd\":%d,"
+	       "\"accept\":%s,\"accept_len\":%u,"
+	       "\"peer\":%s,\"peer_len\":%u,\"sock\":%s,\"sock_len\":%u,",
+	       n, fd, a, (unsigned int)acc_len,
+	       perr ? "null" : p, (unsigned int)plen,
+	       serr ? "null" : s, (unsigned int)slen);
+	if (lerr)
+		printf("\"lookup\":null,\"lookup_error\":\"%s\"}\n",
+		       errno_name(lerr));
+	else
+		printf("\"lookup\":{\"client\":%s,\"vip\":%s},"
+		       "\"lookup_error\":null}\n", lc, lv);
+	fflush(stdout);
+}
+
+static void serve(int n, int fd)
+{
+	unsigned long bytes = 0, reads = 0;
+	char buf[4096];
+	ssize_t r;
+
+	while (!stop) {
+		r = recv(fd, buf, sizeof(buf), 0);
+		if (r <= 0)
+			break;
+		bytes += r;
+		reads++;
+		if (!json_mode)
+			printf("recv_len: %zd\n", r);
+	}
+	if (json_mode)
+		printf("{\"event\":\"close\",\"n\":%d,\"fd\":%d,\"bytes\":%lu,"
+		       "\"reads\":%lu}\n", n, fd, bytes, reads);
+	fflush(stdout);
+	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "count", required_argument, NULL, 'c' },
+		{ "once", no_argument, NULL, '1' },
+		{ "bind", required_argument, NULL, 'b' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *bind_addr = NULL;
+	unsigned long count = 0, timeout = 0;
+	struct sockaddr_storage ss;
+	int family = AF_INET, lfd, fd, n, o;
+	char buf[160];
+
+	while ((o = getopt_long(argc, argv, "46", opts, NULL)) != -1) {
+		switch (o) {
+		case '4': family = AF_INET; break;
+		case '6': family = AF_INET6; break;
+		case 'j': json_mode = 1; break;
+		case 'c': count = parse_ulong(optarg, "count"); break;
+		case '1': count = 1; break;
+		case 'b': bind_addr = optarg; break;
+		case 't': timeout = parse_ulong(optarg, "timeout"); break;
+		default: usage();
+		}
+	}
+	if (optind + 1 != argc)
+		usage();
+	if (parse_host(bind_addr ? bind_addr :
+		       family == AF_INET ? "0.0.0.0" : "::", argv[optind], &ss))
+		usage();
+	install_signals();
+
+	lfd = listen_on(&ss);
+	if (lfd < 0)
+		return report_error("listen", errno);
+	if (json_mode) {
+		fmt_json(buf, sizeof(buf), (struct sockaddr *)&ss);
+		printf("{\"event\":\"listening\",\"proto\":\"tcp\",\"sock\":%s}\n",
+		       buf);
+	} else {
+		fmt_text(buf, sizeof(buf), (struct sockaddr *)&ss);
+		printf("listening on %s\n", buf);
+	}
+	fflush(stdout);
+
+	for (n = 0; !stop && (!count || (unsigned long)n < count); n++) {
+		struct sockaddr_storage acc;
+		socklen_t alen = sizeof(acc);
+
+		memset(&acc, 0, sizeof(acc));
+		fd = accept(lfd, (struct sockaddr *)&acc, &alen);
+		if (fd < 0) {
+			if (errno == EINTR)
+				break;
+			report_error("accept", errno);
+			n--;
+			continue;
+		}
+		if (timeout) {
+			struct timeval tv = { .tv_sec = timeout };
+
+			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		}
+		show_conn(n, fd, &acc, alen);
+		serve(n, fd);
+	}
+	if (json_mode)
+		printf("{\"event\":\"exit\",\"connections\":%d}\n", n);
+	close(lfd);
+	return 0;
+}
