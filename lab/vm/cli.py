@@ -1,0 +1,194 @@
+"""`toalab vm ...`: build the image, run a command in a fresh guest, inspect VMs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.vm import accel as accel_mod
+from lab.vm.config import build_dir, flavours
+from lab.vm.image import ImageBuilder
+from lab.vm.session import VMSession, run_root, rundir_for, supervisor_alive
+
+
+def register(subparsers: Any) -> None:
+    vm = subparsers.add_parser("vm", help="the VM engine: build its image, run commands in a guest")
+    sub = vm.add_subparsers(dest="vm_command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="boot a guest, run CMD in it, print its output, exit with its code")
+    _vm_options(p)
+    p.add_argument("--netns", help="run CMD inside this network namespace of the guest")
+    p.add_argument("--timeout", type=float, help="kill CMD after this many seconds")
+    p.add_argument("--times", action="store_true", help="print boot timings to stderr")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("build", help="fetch and build the kernel, agent and initramfs (cached)")
+    p.add_argument("--flavour", choices=sorted(flavours()), help="kernel flavour (default: generic)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("accel", help="show which accelerator a guest would use, and why")
+    p.add_argument("--flavour", choices=sorted(flavours()))
+    p.add_argument("--reprobe", action="store_true", help="forget the cached verdict and probe again")
+    p.set_defaults(func=cmd_accel)
+
+    p = sub.add_parser("ps", help="list the running VMs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("stop", help="stop a running VM by name")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("log", help="print a VM's console log (running or ended)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_log)
+
+
+def _vm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accel", choices=accel_mod.ACCELS, default="auto", help="default: auto")
+    p.add_argument("--flavour", choices=sorted(flavours()), help="kernel flavour (default: generic)")
+    p.add_argument("--memory", type=int, default=1024, metavar="MB")
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--boot-timeout", type=float, metavar="S")
+
+
+def _cmd(argv: list[str]) -> list[str]:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise LabError("no command given (use: toalab vm run -- CMD ...)")
+    return argv
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = _cmd(args.cmd)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+
+    def to(f: Any) -> Any:
+        def cb(b: bytes) -> None:
+            f.write(b)
+            f.flush()
+
+        return cb
+
+    session = VMSession(
+        flavour=args.flavour,
+        accel=args.accel,
+        memory_mb=args.memory,
+        cpus=args.cpus,
+        boot_timeout=args.boot_timeout,
+    )
+    # SIGTERM/SIGHUP like Ctrl-C: the finally below stops the VM
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _raise_interrupt)
+    try:
+        session.start()
+        if args.times:
+            t = session.timings
+            print(
+                f"toalab vm: {session.release} under {session.accel}: ready in "
+                f"{t['boot_to_ready_s']:.2f} s (image check {t['image_check_s']:.2f} s)",
+                file=sys.stderr,
+            )
+        res = session.run(cmd, netns=args.netns, timeout=args.timeout, on_stdout=to(out), on_stderr=to(err))
+        return _shell_code(res.returncode)
+    finally:
+        session.close()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _shell_code(code: int) -> int:
+    return 128 - code if code < 0 else code
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    img = ImageBuilder(args.flavour).build()
+    print(f"kernel   {img.release} ({img.pin.version}, flavour {img.pin.flavour})")
+    print(f"vmlinux  {img.vmlinux}")
+    print(f"initrd   {img.initramfs}")
+    print(f"modules  {img.modules}")
+    print(f"headers  {img.headers}")
+    print(f"agent    {img.agent}")
+    return 0
+
+
+def cmd_accel(args: argparse.Namespace) -> int:
+    img = ImageBuilder(args.flavour).build()
+    cache = build_dir() / "accel.json"
+    if args.reprobe:
+        cache.unlink(missing_ok=True)
+    why = accel_mod.kvm_usable_device()
+    verdict = accel_mod.resolve("auto", img, build_dir(), log=build_dir() / "kvm-probe.log")
+    detail = why or ""
+    if not why:
+        try:
+            detail = json.loads(cache.read_text()).get("detail", "")
+        except (OSError, ValueError):
+            detail = ""
+    print(f"{verdict}" + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def _running() -> list[dict[str, Any]]:
+    root = run_root()
+    if not root.is_dir():
+        return []
+    return [s for d in sorted(root.iterdir()) if (s := supervisor_alive(d))]
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    vms = _running()
+    if args.json:
+        print(json.dumps(vms, indent=1))
+        return 0
+    for s in vms:
+        owner = f"owner pid {s['owner_pid']}" if s.get("owner_pid") else "persistent"
+        print(
+            f"{s['name']:<24} {s['state']:<8} {s['accel']:<4} {s['release']:<18} "
+            f"qemu pid {s['qemu_pid']}  {owner}"
+        )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    state = supervisor_alive(rundir_for(args.name))
+    if state is None:
+        raise LabError(f"no running VM named '{args.name}'")
+    os.kill(state["supervisor_pid"], signal.SIGTERM)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    log = Path(rundir_for(args.name)) / "console.log"
+    try:
+        sys.stdout.buffer.write(log.read_bytes())
+    except FileNotFoundError:
+        raise LabError(f"no console log for VM '{args.name}' ({log})") from None
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Stand-alone entry point: python -m lab.vm ..."""
+    parser = argparse.ArgumentParser(prog="python -m lab.vm")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register(sub)
+    args = parser.parse_args(["vm", *argv])
+    try:
+        return int(args.func(args) or 0)
+    except LabError as e:
+        print(f"toalab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("toalab: interrupted", file=sys.stderr)
+        return 130
