@@ -102,7 +102,7 @@ def probe_kvm(image: Image, log: Path | None = None, timeout: float = PROBE_TIME
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none",
         "-serial", "stdio",
         "-kernel", str(image.vmlinux), "-initrd", str(image.initramfs),
-        "-append", "console=ttyS0 loglevel=3 panic=-1 toalab.probe=1",
+        "-append", "console=ttyS0 loglevel=3 panic=-1 acpi=off reboot=t toalab.probe=1",
     ]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

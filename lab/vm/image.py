@@ -34,9 +34,10 @@ from lab.vm.config import IMAGES, PIN_FILE, KernelPin, build_dir, load_pin
 BUSYBOX = Path("/bin/busybox")
 INIT_SCRIPT = IMAGES / "init"
 AGENT_DIR = IMAGES / "agent"
-# What /init needs before it can mount the host's root: PCI virtio, the
+# What /init needs before it can mount the host's root: virtio (MMIO for
+# microvm, PCI for pc), the
 # virtio-serial control port and the 9p chain (dependencies come from modules.dep).
-INITRAMFS_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p")
+INITRAMFS_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p")
 
 Progress = Callable[[str], None]
 

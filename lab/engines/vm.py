@@ -1,0 +1,200 @@
+"""VM engine: the topology's namespaces live in a qemu guest booting the pinned kernel.
+
+`toalab up TOPO --engine vm` boots a persistent guest (named ``lab-<lab>``),
+runs the plan's shell rendering in it, and records the guest's name in the
+lab record; every later `toalab exec/shell/status/down` reattaches to the
+guest through its supervisor's socket.  `down` removes the namespaces and
+stops the guest it booted.
+
+To let one boot serve many labs (scenario runner, pytest plugin), pass the
+name of a running VMSession as the ``vm`` engine option: such a lab only
+borrows the guest, and its `down` removes its namespaces and nothing else.
+
+    with VMSession() as vm:
+        with Lab.up(topo, engine="vm", vm=vm.name) as lab:
+            lab.exec("client", ["ping", "-c1", "10.0.1.2"]).check()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from lab.engines.base import Engine, ExecResult, LabRecord
+from lab.errors import LabError
+from lab.plan import Plan
+from lab.topology import Topology
+from lab.vm.client import RemoteJob, VMError
+from lab.vm.session import VMSession, run_root, rundir_for, supervisor_alive
+
+VM_PREFIX = "lab-"
+UP_TIMEOUT = 120.0
+
+
+class VMEngine(Engine):
+    kind = "vm"
+
+    def __init__(self, record: LabRecord) -> None:
+        super().__init__(record)
+        self._vm: VMSession | None = None
+
+    # -- the guest ---------------------------------------------------------------------
+    @property
+    def vm_name(self) -> str:
+        return str(self.record.engine_data.get("vm") or f"{VM_PREFIX}{self.name}")
+
+    @property
+    def owns_vm(self) -> bool:
+        return bool(self.record.engine_data.get("owns_vm", "vm" not in self.record.engine_data))
+
+    def vm(self) -> VMSession:
+        """The guest, attached on first use (a later CLI call reattaches here)."""
+        if self._vm is None:
+            try:
+                self._vm = VMSession.attach(self.vm_name)
+            except VMError as e:
+                raise VMError(f"lab '{self.name}': {e} (remove the lab: toalab down {self.name})") from None
+        return self._vm
+
+    def close(self) -> None:
+        """Drop this process's connection to the guest (the guest keeps running)."""
+        if self._vm is not None:
+            self._vm.close()
+            self._vm = None
+
+    # -- build / remove ------------------------------------------------------------------
+    def up(self, topo: Topology) -> None:
+        plan = Plan.build(topo, self.name)
+        data = self.record.engine_data
+        borrowed = "vm" in data
+        data["owns_vm"] = not borrowed
+        self.record.save()  # before building: a crash halfway stays findable
+        try:
+            if borrowed:
+                vm = self.vm()
+            else:
+                data["vm"] = self.vm_name
+                self.record.save()
+                vm = VMSession(
+                    self.vm_name,
+                    persistent=True,
+                    flavour=data.get("flavour"),
+                    accel=data.get("accel") or "auto",
+                    extra={"lab": self.name},
+                )
+                self._vm = vm
+                vm.start()
+            data.update(
+                accel=vm.accel,
+                release=vm.release,
+                console_log=str(vm.console_log),
+                results=str(vm.results),
+            )
+            self.record.save()
+            clash = vm.run(["ip", "netns", "list"], timeout=30).stdout.split()
+            taken = [ns for ns in plan.namespaces.values() if ns in clash]
+            if taken:
+                raise LabError(
+                    f"namespace {taken[0]} already exists in VM '{vm.name}': "
+                    f"lab '{self.name}' is up or was left over; run 'toalab down {self.name}' first"
+                )
+            res = vm.sh(plan.render_shell(), timeout=UP_TIMEOUT)
+            if res.returncode != 0:
+                err = res.stderr.strip().splitlines()
+                raise LabError(
+                    f"building lab '{self.name}' in VM '{vm.name}' failed"
+                    + (f": {err[-1]}" if err else f" (exit {res.returncode})")
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.down()
+            raise
+        self.record.state = "up"
+        self.record.save()
+
+    def down(self) -> None:
+        vm_alive = supervisor_alive(rundir_for(self.vm_name)) is not None
+        if vm_alive and not self.owns_vm:
+            with contextlib.suppress(LabError):
+                teardown = Plan(lab=self.name, namespaces=self.record.namespaces).render_teardown()
+                self.vm().sh(teardown, timeout=30)
+        if self.owns_vm:
+            if self._vm is not None:
+                self._vm.stop()
+                self._vm = None
+            elif vm_alive:
+                VMSession(self.vm_name, persistent=True, progress=None).stop()
+        else:
+            self.close()
+        self.record.forget()
+
+    @classmethod
+    def cleanup_leftovers(cls) -> list[str]:
+        """Stop lab VMs whose lab record is gone."""
+        removed = []
+        root = run_root()
+        if not root.is_dir():
+            return removed
+        for d in sorted(root.iterdir()):
+            if not d.name.startswith(VM_PREFIX) or supervisor_alive(d) is None:
+                continue
+            if LabRecord.path_for(d.name[len(VM_PREFIX) :]).exists():
+                continue
+            VMSession(d.name, persistent=True, progress=None).stop()
+            removed.append(f"vm {d.name}")
+        return removed
+
+    # -- running programs -------------------------------------------------------------------
+    def exec(
+        self, node: str, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None
+    ) -> ExecResult:
+        ns = self.record.ns(node)
+        if not argv:
+            raise LabError("no command given (use: toalab exec NODE -- CMD ...)")
+        try:
+            return self.vm().run(argv, netns=ns, timeout=timeout, input=input)
+        except VMError:
+            raise
+        except LabError as e:
+            raise LabError(f"{node}: {e}") from None
+
+    def spawn(self, node: str, argv: Sequence[str]) -> RemoteJob:
+        if not argv:
+            raise LabError("no command given")
+        return self.vm().spawn(argv, netns=self.record.ns(node))
+
+    def run_interactive(self, node: str, argv: Sequence[str]) -> int:
+        if not argv:
+            raise LabError("no command given (use: toalab exec NODE -- CMD ...)")
+        code = self.vm().interactive(argv, netns=self.record.ns(node))
+        return 128 - code if code < 0 else code
+
+    def shell(self, node: str) -> int:
+        ns = self.record.ns(node)
+        ps1 = f"[{self.name}:{node} vm] \\w# "
+        shell = os.environ.get("SHELL", "/bin/bash")
+        argv = ["env", f"PS1={ps1}", shell, "--norc", "-i"]
+        if not shell.endswith("bash"):
+            argv = ["env", f"PS1={ps1}", shell, "-i"]
+        code = self.vm().interactive(argv, netns=ns)
+        return 128 - code if code < 0 else code
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        state = supervisor_alive(rundir_for(self.vm_name))
+        if state is None:
+            st["vm"] = {"name": self.vm_name, "state": "not running"}
+            if self.record.state == "up":
+                st["state"] = "broken (its VM is gone)"
+            return st
+        st["vm"] = {
+            k: state.get(k)
+            for k in (
+                "name", "state", "accel", "release", "qemu_pid", "ready_s",
+                "console_log", "results", "warnings",
+            )
+        }  # fmt: skip
+        st["vm"]["shared"] = not self.owns_vm
+        return st
