@@ -5,8 +5,11 @@
  * and send a few messages.
  *
  * tcp_client [--json] [--opt CIP:CPORT VIP:VPORT] [--keep-opt]
- *            [--count N|--once] [--size BYTES] [--interval-ms MS]
- *            [--bind ADDR[:PORT]] HOST PORT
+ *            [--raw-opt HEX] [--count N|--once] [--size BYTES]
+ *            [--interval-ms MS] [--bind ADDR[:PORT]] HOST PORT
+ *
+ * --raw-opt HEX puts the bytes verbatim in IP_OPTIONS / IPV6_DSTOPTS
+ * instead of building the option (to send malformed or combined options).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -25,7 +28,7 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: tcp_client [--json] [--opt CIP:CPORT VIP:VPORT]"
-		" [--keep-opt] [--count N|--once] [--size BYTES]"
+		" [--keep-opt] [--raw-opt HEX] [--count N|--once] [--size BYTES]"
 		" [--interval-ms MS] [--bind ADDR[:PORT]] HOST PORT\n");
 	exit(2);
 }
@@ -65,6 +68,7 @@ int main(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "opt", required_argument, NULL, 'o' },
 		{ "keep-opt", no_argument, NULL, 'k' },
+		{ "raw-opt", required_argument, NULL, 'r' },
 		{ "count", required_argument, NULL, 'c' },
 		{ "once", no_argument, NULL, '1' },
 		{ "size", required_argument, NULL, 's' },
@@ -74,7 +78,7 @@ int main(int argc, char **argv)
 	};
 	struct sockaddr_storage srv, cip, vip, src, me;
 	unsigned long count = 3, size = 64, interval = 0, i, bytes = 0;
-	const char *copt = NULL, *vopt = NULL, *bind_addr = NULL;
+	const char *copt = NULL, *vopt = NULL, *bind_addr = NULL, *raw = NULL;
 	int keep = 0, fd, o, opt_on = 0;
 	socklen_t mlen = sizeof(me);
 	char buf[160], dst[160];
@@ -90,6 +94,7 @@ int main(int argc, char **argv)
 			vopt = argv[optind++];
 			break;
 		case 'k': keep = 1; break;
+		case 'r': raw = optarg; break;
 		case 'c': count = parse_ulong(optarg, "count"); break;
 		case '1': count = 1; break;
 		case 's': size = parse_ulong(optarg, "size"); break;
@@ -122,6 +127,11 @@ int main(int argc, char **argv)
 			return report_error("set_ip_opt", errno);
 		opt_on = 1;
 		event("set_ip_opt", "set_ip_opt success");
+	} else if (raw) {
+		if (set_raw_opt(fd, srv.ss_family, raw))
+			return report_error("set_raw_opt", errno);
+		opt_on = 1;
+		event("set_raw_opt", "set_raw_opt success");
 	}
 	if (connect(fd, (struct sockaddr *)&srv, ss_len(&srv)))
 		return report_error("connect", errno);

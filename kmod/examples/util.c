@@ -232,3 +232,26 @@ unsigned long parse_ulong(const char *s, const char *what)
 	}
 	return v;
 }
+
+int set_raw_opt(int fd, int family, const char *hex)
+{
+	unsigned char buf[256];
+	size_t n = 0;
+	unsigned int b;
+
+	while (*hex && n < sizeof(buf)) {
+		if (*hex == ':' || *hex == ' ') {
+			hex++;
+			continue;
+		}
+		if (sscanf(hex, "%2x", &b) != 1 || !hex[1]) {
+			errno = EINVAL;
+			return -1;
+		}
+		buf[n++] = b;
+		hex += 2;
+	}
+	if (family == AF_INET)
+		return setsockopt(fd, IPPROTO_IP, IP_OPTIONS, buf, n);
+	return setsockopt(fd, IPPROTO_IPV6, IPV6_DSTOPTS, buf, n);
+}

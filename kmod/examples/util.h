@@ -32,5 +32,8 @@ void install_signals(void);
 /* print an error event (JSON) or a line on stderr; returns 1 */
 int report_error(const char *op, int err);
 unsigned long parse_ulong(const char *s, const char *what);
+/* --raw-opt HEX: put these bytes verbatim in IP_OPTIONS (AF_INET) or
+ * IPV6_DSTOPTS (AF_INET6), e.g. to send malformed options; 0 or -1 */
+int set_raw_opt(int fd, int family, const char *hex);
 
 #endif /* _EXAMPLES_UTIL_H */

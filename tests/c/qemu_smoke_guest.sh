@@ -71,6 +71,21 @@ udp_case udp64 -4 127.0.0.1 $C6 $V6 "$J6C"
 udp_case udp46 -6 ::1 $C4 $V4 "$J4C"
 udp_case udpmapped -6 127.0.0.1 $C6 $V6 "$J6C"
 
+# option 31 after other IPv4 options; a malformed one is counted, ignored
+OPT44=1f100000000100020a0000010a000002
+tcp_raw() {	# NAME HEX PATTERN
+	tcp_server --json --once --timeout 5 8192 > /tmp/$1 &
+	sleep 0.3
+	tcp_client --json --raw-opt $2 127.0.0.1 8192 > /tmp/$1.c
+	wait
+	check "$1" /tmp/$1 "$3"
+}
+tcp_raw tcp-after-nops 01010101$OPT44 "$P4"
+tcp_raw tcp-after-opt30 1e040000$OPT44 "$P4"
+tcp_raw tcp-bad-operation 1f100100000100020a0000010a000002 \
+	'"peer":{"family":"ipv4","addr":"127.0.0.1"'
+check "malformed_operation counted" /proc/net/toa_stats "^malformed_operation 1"
+
 echo "--- toa_stats"; cat /proc/net/toa_stats
 echo "--- uoa_stats"; cat /proc/net/uoa_stats
 check "toa entries back to 0" /proc/net/toa_stats "^entries 0"
