@@ -169,6 +169,10 @@ class VMSession:
         try:
             self.channel = Channel(self.rundir / "api.sock", name=self.name)
             self.info = self.channel.wait_ready(boot_timeout + 15, alive=self._sup_alive)
+        except VMError as e:
+            self._abort()
+            # the supervisor may have given up before we even connected
+            raise VMError(_ended_message(self.rundir) or str(e)) from None
         except BaseException:
             self._abort()
             raise
@@ -332,6 +336,8 @@ class VMSession:
         except LabError:
             if job.returncode is None:
                 job.signal(signal.SIGKILL)
+                with contextlib.suppress(LabError):
+                    job.wait(5)
                 where = f" in {netns}" if netns else ""
                 raise LabError(f"'{' '.join(job.argv)}'{where} timed out after {timeout} s") from None
             raise
@@ -395,6 +401,16 @@ def _interactive(vm: VMSession, argv: Sequence[str], netns: str | None) -> int:
     finally:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, old)
+
+
+def _ended_message(rundir: Path) -> str | None:
+    try:
+        state = json.loads((rundir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("state") == "dead" and state.get("message"):
+        return f"VM '{state.get('name')}': {state['message']}"
+    return None
 
 
 def _last_words(rundir: Path) -> str:

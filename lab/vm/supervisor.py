@@ -107,6 +107,7 @@ class Supervisor:
         self.console = ConsoleWatcher()
         self.state = "booting"
         self.reason: str | None = None
+        self.message: str | None = None
         self.hello: dict[str, str] = {}
         self.t_start = time.time()
         self.t_ready: float | None = None
@@ -187,7 +188,7 @@ class Supervisor:
                 why = self.console.verdict()
                 self._die(
                     why
-                    or f"guest not ready within {self.spec.boot_timeout:.0f} s under "
+                    or f"guest not ready within {self.spec.boot_timeout:g} s under "
                     f"{self.spec.accel}{self._kvm_hint()}"
                 )
                 break
@@ -198,7 +199,7 @@ class Supervisor:
                 if now - self.last_pong > self.spec.hang_timeout:
                     self._die(
                         self.console.verdict()
-                        or f"guest hung: the agent did not answer for {self.spec.hang_timeout:.0f} s"
+                        or f"guest hung: the agent did not answer for {self.spec.hang_timeout:g} s"
                         + (f" (console: {self.console.warnings[0]})" if self.console.warnings else "")
                     )
                     break
@@ -418,8 +419,8 @@ class Supervisor:
         self.reason = reason
         self.state = "stopped" if stopped else "dead"
         self._kill_qemu(graceful=stopped)
-        msg = reason if stopped else f"{reason}; console log: {self.spec.console_log}"
-        body = json.dumps({**self._status(), "message": msg}).encode()
+        self.message = reason if stopped else f"{reason}; console log: {self.spec.console_log}"
+        body = json.dumps(self._status()).encode()
         for c in list(self.clients):
             self._send(c, proto.pack(T.DEAD, 0, body))
             # best effort, bounded: the clients are waiting for exactly this
@@ -464,6 +465,7 @@ class Supervisor:
             "name": s.name,
             "state": self.state,
             "reason": self.reason,
+            "message": self.message,
             "accel": s.accel,
             "release": self.hello.get("release", s.release),
             "kernel_version": self.hello.get("version"),
