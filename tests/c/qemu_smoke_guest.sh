@@ -129,6 +129,19 @@ for n in 1 2 3 4 5; do
 done
 wait $LOAD
 kill $SRV $USRV
+
+# rmmod with a live connection that has an entry
+tcp_server --json --once --timeout 10 8194 > /tmp/live &
+sleep 0.3
+tcp_client --json --count 3 --interval-ms 1500 --opt $C4 $V4 127.0.0.1 8194 \
+	> /dev/null &
+sleep 1
+grep "^entries" /proc/net/toa_stats > /tmp/live_entries
+check "live entry before rmmod" /tmp/live_entries "^entries [1-9]"
+rmmod toa && echo rmmod-ok > /tmp/rmlive
+check "rmmod toa with a live entry" /tmp/rmlive rmmod-ok
+wait
+insmod /toa.ko
 rmmod toa && rmmod uoa && PASS=$((PASS + 1)) || FAIL=$((FAIL + 1))
 dmesg | grep -iE "bug|warn|oops|rcu|toa|uoa|kprobe" | grep -v "module verification" | tail -20 > /tmp/dmesg
 cat /tmp/dmesg
