@@ -1,0 +1,332 @@
+"""BPF helpers for the lab: build the XDP objects, run them with
+BPF_PROG_TEST_RUN, attach them to interfaces in namespaces, read their maps.
+
+Generic on purpose: the gateway-ping program and the fullnat LB both use
+it.  ``run_xdp`` drives ``bpf/build/xdp_test_run`` (one JSON object per
+call); attaching goes through iproute2 (``ip -n NS link set dev X xdpdrv obj
+FILE sec SEC``) and live maps through bpftool, both of which the kernels the
+lab targets (host 6.x, Debian 6.1 guest) ship.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.errors import LabError
+
+ROOT = Path(__file__).resolve().parents[1]
+BPF_DIR = ROOT / "bpf"
+BUILD_DIR = BPF_DIR / "build"
+TEST_RUN = BUILD_DIR / "xdp_test_run"
+
+XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
+XDP_MODES = {"drv": "xdpdrv", "native": "xdpdrv", "generic": "xdpgeneric", "skb": "xdpgeneric"}
+
+
+class BpfError(LabError):
+    """Building, loading, running or attaching a BPF program failed."""
+
+
+# -- building ------------------------------------------------------------------------
+
+
+def build(target: str = "all", *, bpf_dir: Path = BPF_DIR) -> None:
+    """Run ``make -C bpf TARGET`` (a no-op when up to date), serialised by a lock
+    so that concurrent test sessions do not write the same objects."""
+    lock_path = bpf_dir / ".build.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        p = subprocess.run(
+            ["make", "-s", "-C", str(bpf_dir), target], capture_output=True, text=True
+        )
+    if p.returncode != 0:
+        raise BpfError(f"make -C {bpf_dir} {target} failed:\n{p.stdout}{p.stderr}".rstrip())
+
+
+def obj_path(name: str, *, build_first: bool = True) -> Path:
+    """bpf/build/NAME.o, built on demand (NAME without .o, e.g. 'gwping')."""
+    if build_first:
+        build()
+    p = BUILD_DIR / f"{name}.o"
+    if not p.exists():
+        raise BpfError(f"{p}: no such BPF object (is bpf/{name}.c in bpf/Makefile PROGS?)")
+    return p
+
+
+# -- BPF_PROG_TEST_RUN -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    key: bytes
+    values: tuple[bytes, ...]  # one per possible CPU for per-CPU maps, else one
+
+    @property
+    def value(self) -> bytes:
+        return self.values[0]
+
+    def u64_sum(self) -> int:
+        """Sum of the little-endian u64 at the start of every CPU's value."""
+        return sum(int.from_bytes(v[:8], "little") for v in self.values)
+
+
+@dataclass(frozen=True)
+class XdpResult:
+    retval: int
+    action: str
+    data_out: bytes
+    duration_ns: int  # average per run over `repeat` runs
+    repeat: int
+    maps: dict[str, list[MapEntry]] = field(default_factory=dict)
+
+    def counters(self, map_name: str) -> dict[int, int]:
+        """A per-CPU array of u64 counters as {index: total over CPUs}."""
+        return map_u64_counters(self.maps[map_name])
+
+
+@dataclass(frozen=True)
+class MapUpdate:
+    map: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    prog: str
+    xlated_insns: int
+    jited_bytes: int
+    verified_insns: int
+
+
+def map_u64_counters(entries: Iterable[MapEntry]) -> dict[int, int]:
+    return {int.from_bytes(e.key, "little"): e.u64_sum() for e in entries}
+
+
+def _tool() -> Path:
+    build()
+    return TEST_RUN
+
+
+def _run_tool(argv: list[str], timeout: float) -> dict:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BpfError(f"{' '.join(argv[:4])} ... timed out after {timeout} s") from None
+    if p.returncode != 0:
+        raise BpfError(f"xdp_test_run failed ({p.returncode}):\n{p.stderr.strip()[-4000:]}")
+    try:
+        return json.loads(p.stdout)
+    except ValueError as e:
+        raise BpfError(f"xdp_test_run printed no JSON ({e}): {p.stdout[:200]!r}") from None
+
+
+def _maps(doc: dict) -> dict[str, list[MapEntry]]:
+    out: dict[str, list[MapEntry]] = {}
+    for name, entries in doc.get("maps", {}).items():
+        out[name] = [
+            MapEntry(
+                key=bytes.fromhex(e["key"]),
+                values=tuple(bytes.fromhex(v) for v in e.get("values", [e.get("value", "")])),
+            )
+            for e in entries
+        ]
+    return out
+
+
+def run_xdp_many(
+    obj: str | Path,
+    prog: str,
+    pkts: Sequence[bytes],
+    repeat: int = 1,
+    *,
+    map_updates: Sequence[MapUpdate] = (),
+    dump_maps: Sequence[str] = (),
+    ifindex: int | None = None,
+    timeout: float = 120.0,
+) -> list[XdpResult]:
+    """Run PROG of OBJ once per packet (each `repeat` times) in one load of the
+    object; map updates apply before the first run, dumps are taken after the
+    last one (every result carries the same dump)."""
+    if not pkts:
+        raise BpfError("run_xdp_many: no packets")
+    argv = [str(_tool()), str(obj), "--prog", prog, "--repeat", str(repeat)]
+    for u in map_updates:
+        argv += ["--map-update", u.map, u.key.hex(), u.value.hex()]
+    for m in dump_maps:
+        argv += ["--dump-map", m]
+    if ifindex is not None:
+        argv += ["--ifindex", str(ifindex)]
+    for pkt in pkts:
+        argv += ["--hex", bytes(pkt).hex()]
+    doc = _run_tool(argv, timeout)
+    maps = _maps(doc)
+    return [
+        XdpResult(
+            retval=r["retval"],
+            action=r["action"],
+            data_out=bytes.fromhex(r["data_out"]),
+            duration_ns=r["duration_ns"],
+            repeat=r["repeat"],
+            maps=maps,
+        )
+        for r in doc["results"]
+    ]
+
+
+def run_xdp(
+    obj: str | Path,
+    prog: str,
+    pkt: bytes,
+    repeat: int = 1,
+    *,
+    map_updates: Sequence[MapUpdate] = (),
+    dump_maps: Sequence[str] = (),
+    ifindex: int | None = None,
+) -> XdpResult:
+    """One packet through PROG with BPF_PROG_TEST_RUN."""
+    return run_xdp_many(
+        obj, prog, [pkt], repeat, map_updates=map_updates, dump_maps=dump_maps, ifindex=ifindex
+    )[0]
+
+
+def load_check(obj: str | Path, prog: str) -> LoadInfo:
+    """Load PROG into the running kernel (the verifier runs) and unload it."""
+    doc = _run_tool([str(_tool()), str(obj), "--prog", prog, "--load-only"], 120.0)
+    return LoadInfo(doc["prog"], doc["xlated_insns"], doc["jited_bytes"], doc["verified_insns"])
+
+
+# -- attaching to interfaces -------------------------------------------------------------
+
+
+def _ip(netns: str | None, args: list[str]) -> subprocess.CompletedProcess[str]:
+    argv = ["ip", *(["-n", netns] if netns else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def attach_xdp(
+    netns: str | None, ifname: str, obj: str | Path, *, sec: str = "xdp", mode: str = "drv"
+) -> int:
+    """Attach the program of section SEC of OBJ to IFNAME in NETNS, replacing any
+    program there; returns the program id."""
+    try:
+        flag = XDP_MODES[mode]
+    except KeyError:
+        raise BpfError(f"unknown XDP mode '{mode}' (one of {', '.join(XDP_MODES)})") from None
+    for other in {"xdpdrv", "xdpgeneric"} - {flag}:  # one mode at a time
+        _ip(netns, ["link", "set", "dev", ifname, other, "off"])
+    p = _ip(netns, ["link", "set", "dev", ifname, flag, "obj", str(obj), "sec", sec])
+    if p.returncode != 0:
+        where = f"{netns}:{ifname}" if netns else ifname
+        raise BpfError(f"attaching {obj} sec {sec} to {where} ({flag}) failed: {p.stderr.strip()}")
+    pid = xdp_prog_id(netns, ifname)
+    if pid is None:
+        raise BpfError(f"{ifname}: program attached but no XDP program id reported")
+    return pid
+
+
+def detach_xdp(netns: str | None, ifname: str) -> None:
+    """Remove any XDP program (native or generic) from IFNAME; idempotent."""
+    for flag in ("xdpdrv", "xdpgeneric"):
+        _ip(netns, ["link", "set", "dev", ifname, flag, "off"])
+
+
+def _link(netns: str | None, ifname: str) -> dict:
+    p = _ip(netns, ["-j", "-d", "link", "show", "dev", ifname])
+    if p.returncode != 0:
+        raise BpfError(f"no interface {ifname} in {netns or 'the root namespace'}: {p.stderr.strip()}")
+    return json.loads(p.stdout)[0]
+
+
+def xdp_prog_id(netns: str | None, ifname: str) -> int | None:
+    xdp = _link(netns, ifname).get("xdp") or {}
+    prog = xdp.get("prog") or {}
+    if "id" in prog:
+        return int(prog["id"])
+    for att in xdp.get("attached", []):
+        if "prog" in att:
+            return int(att["prog"]["id"])
+    return None
+
+
+def xdp_mode(netns: str | None, ifname: str) -> str | None:
+    """'drv', 'generic', 'hw' or None as iproute2 reports the attachment."""
+    mode = (_link(netns, ifname).get("xdp") or {}).get("mode")
+    return {1: "drv", 2: "generic", 3: "hw"}.get(mode) if isinstance(mode, int) else mode
+
+
+def ifindex(netns: str | None, ifname: str) -> int:
+    return int(_link(netns, ifname)["ifindex"])
+
+
+def mac(netns: str | None, ifname: str) -> bytes:
+    return bytes.fromhex(_link(netns, ifname)["address"].replace(":", ""))
+
+
+# -- live maps (bpftool) -------------------------------------------------------------------
+
+
+def _bpftool(args: list[str]) -> object:
+    p = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BpfError(f"bpftool {' '.join(args)} failed: {(p.stderr or p.stdout).strip()}")
+    return json.loads(p.stdout) if p.stdout.strip() else None
+
+
+def prog_map_ids(prog_id: int) -> dict[str, int]:
+    """Map name -> map id for the maps a loaded program uses."""
+    info = _bpftool(["prog", "show", "id", str(prog_id)])
+    assert isinstance(info, dict)
+    out: dict[str, int] = {}
+    for mid in info.get("map_ids", []):
+        m = _bpftool(["map", "show", "id", str(mid)])
+        assert isinstance(m, dict)
+        out[str(m.get("name", ""))] = int(mid)
+    return out
+
+
+def map_id(prog_id: int, name: str) -> int:
+    ids = prog_map_ids(prog_id)
+    # the kernel keeps 15 characters of a map name
+    for n, mid in ids.items():
+        if n == name[:15]:
+            return mid
+    raise BpfError(f"program {prog_id} uses no map named {name} (maps: {', '.join(ids) or 'none'})")
+
+
+def _hexwords(b: bytes) -> list[str]:
+    return [f"0x{x:02x}" for x in b]
+
+
+def map_update_id(mid: int, key: bytes, value: bytes) -> None:
+    _bpftool(["map", "update", "id", str(mid), "key", *_hexwords(key), "value", *_hexwords(value)])
+
+
+def map_delete_id(mid: int, key: bytes) -> None:
+    _bpftool(["map", "delete", "id", str(mid), "key", *_hexwords(key)])
+
+
+def _bytes_of(v: object) -> bytes:
+    if isinstance(v, list):
+        return bytes(int(x, 16) if isinstance(x, str) else int(x) for x in v)
+    raise BpfError(f"unexpected bpftool value {v!r}")
+
+
+def map_dump_id(mid: int) -> list[MapEntry]:
+    """All entries of a live map; per-CPU maps give one value per CPU."""
+    doc = _bpftool(["map", "dump", "id", str(mid)])
+    out = []
+    for e in doc or []:
+        assert isinstance(e, dict)
+        key = _bytes_of(e["key"])
+        if "values" in e:
+            vals = tuple(_bytes_of(v["value"]) for v in sorted(e["values"], key=lambda v: v["cpu"]))
+        else:
+            vals = (_bytes_of(e["value"]),)
+        out.append(MapEntry(key, vals))
+    return out
