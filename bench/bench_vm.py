@@ -1,0 +1,93 @@
+"""VM engine timings under the accelerator this host gets (TCG here).
+
+    python bench/bench_vm.py [--runs N] [--accel auto|tcg|kvm]
+
+1. boot-to-ready: VMSession start (image up to date) until the guest agent
+   answers; split into host-side launch and the guest's own uptime at ready.
+2. topology ready: boot + fullnat-4to4 built in the guest + one ping from
+   the client to a real server answered.
+Targets (TCG): ready <= 4 s, topology ready <= 8 s.  Runs are sequential:
+one guest at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lab import topology  # noqa: E402
+from lab.lab import Lab  # noqa: E402
+from lab.vm.image import ImageBuilder  # noqa: E402
+from lab.vm.session import VMSession  # noqa: E402
+
+TARGET_READY = 4.0
+TARGET_TOPO = 8.0
+_INIT = re.compile(r"toalab-init: (start|modules loaded|switching root) at ([\d.]+)s")
+
+
+def _stats(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):5.2f} s  min {min(xs):5.2f}  max {max(xs):5.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--accel", default="auto")
+    args = ap.parse_args()
+
+    t0 = time.monotonic()
+    ImageBuilder().build()
+    print(f"image up to date in {time.monotonic() - t0:.2f} s")
+    topo = topology.load(ROOT / "topologies" / "fullnat-4to4.yaml")
+
+    ready: list[float] = []
+    guest: list[float] = []
+    phases: dict[str, list[float]] = {}
+    topo_ready: list[float] = []
+    up_only: list[float] = []
+    accel = "?"
+    for i in range(args.runs):
+        t0 = time.monotonic()
+        with VMSession(progress=None, accel=args.accel) as vm:
+            t_ready = time.monotonic() - t0
+            accel = vm.accel
+            ready.append(t_ready)
+            guest.append(vm.info["guest_uptime_at_ready_ms"] / 1000)
+            for m in _INIT.finditer(vm.console_log.read_text(errors="replace")):
+                phases.setdefault(m.group(1), []).append(float(m.group(2)))
+            with Lab.up(topo, name=f"bench{i}", engine="vm", vm=vm.name) as lab:
+                r = lab.exec("client", ["ping", "-c1", "-W5", "192.0.2.11"], timeout=30)
+                t_topo = time.monotonic() - t0
+                if r.returncode != 0:
+                    print(f"run {i}: ping failed: {r.stdout}{r.stderr}", file=sys.stderr)
+                    return 1
+            topo_ready.append(t_topo)
+            up_only.append(t_topo - t_ready)
+        print(
+            f"run {i + 1}: ready {t_ready:.2f} s (guest uptime {guest[-1]:.2f} s), "
+            f"topology + ping {t_topo:.2f} s"
+        )
+
+    print(f"\naccelerator: {accel}, {args.runs} runs")
+    print(f"boot-to-ready            {_stats(ready)}   target <= {TARGET_READY} s")
+    print(f"  guest uptime at ready  {_stats(guest)}")
+    for name, xs in phases.items():
+        print(f"  init {name:<18}{_stats(xs)}  (guest uptime)")
+    print(f"  fullnat-4to4 up + ping {_stats(up_only)}")
+    print(f"boot + topology + ping   {_stats(topo_ready)}   target <= {TARGET_TOPO} s")
+    ok_ready = statistics.median(ready) <= TARGET_READY
+    ok_topo = statistics.median(topo_ready) <= TARGET_TOPO
+    print(f"ready target: {'met' if ok_ready else 'MISSED'}; topology target: "
+          f"{'met' if ok_topo else 'MISSED'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
