@@ -236,6 +236,23 @@ def detach_xdp(netns: str | None, ifname: str) -> None:
         _ip(netns, ["link", "set", "dev", ifname, flag, "off"])
 
 
+def tx_checksum_off(netns: str | None, ifname: str) -> None:
+    """Make IFNAME checksum what it sends in software.  A veth hands its peer
+    CHECKSUM_PARTIAL skbs (the TCP checksum field holds only the pseudo-header
+    sum); an XDP program on the peer that redirects or TXes them sends that
+    partial checksum on the wire, and the receiver drops the segment
+    (TcpInCsumErrors).  Both ends of every link with an XDP port need it."""
+    argv = ["ethtool", "-K", ifname, "tx", "off"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise BpfError("ethtool is not installed (apt-get install ethtool)") from None
+    if p.returncode != 0:
+        raise BpfError(f"{' '.join(argv)} failed: {p.stderr.strip()}")
+
+
 def _link(netns: str | None, ifname: str) -> dict:
     p = _ip(netns, ["-j", "-d", "link", "show", "dev", ifname])
     if p.returncode != 0:

@@ -271,13 +271,20 @@ def apply_data_plane(topo: Topology, namespaces: dict[str, str]) -> DataPlane:
     namespace as the engine made them) and fill the gwping forwarding tables:
     port IF forwarding to EGRESS sends frames from EGRESS's MAC to the MAC of
     EGRESS's link peer.  Peers of redirect targets need an XDP program (a veth
-    accepts redirected frames only then): declare xdp_pass on them.  Returns
-    what was attached; ``DataPlane.detach`` removes it."""
+    accepts redirected frames only then): declare xdp_pass on them.  Both
+    ends of every link with an XDP port get TX checksum offload turned off
+    (see lab.bpf.tx_checksum_off: a redirected CHECKSUM_PARTIAL skb would
+    leave with a partial checksum).  Returns what was attached;
+    ``DataPlane.detach`` removes it."""
     from lab import bpf
 
     dp = DataPlane()
+    atts = xdp_attachments(topo)
+    ends = {(a.node, a.ifname) for a in atts} | {peer_of(topo, a.node, a.ifname) for a in atts}
+    for node, ifname in sorted(ends):
+        bpf.tx_checksum_off(namespaces[node], ifname)
     try:
-        for att in xdp_attachments(topo):
+        for att in atts:
             ns = namespaces[att.node]
             obj = bpf.obj_path(att.prog)
             pid = bpf.attach_xdp(ns, att.ifname, obj, sec=att.sec, mode=att.mode)
