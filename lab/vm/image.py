@@ -36,8 +36,9 @@ INIT_SCRIPT = IMAGES / "init"
 AGENT_DIR = IMAGES / "agent"
 # What /init needs before it can mount the host's root: virtio (MMIO for
 # microvm, PCI for pc), the
-# virtio-serial control port and the 9p chain (dependencies come from modules.dep).
-INITRAMFS_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p")
+# virtio-serial control port, the 9p chain and overlay (for /tmp); dependencies
+# come from modules.dep.
+INITRAMFS_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
 
 Progress = Callable[[str], None]
 
