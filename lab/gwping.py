@@ -415,6 +415,8 @@ class Prober:
                 addr = ipaddress.ip_address(socket.getaddrinfo(target, None)[0][4][0])
             except (OSError, IndexError):
                 raise LabError(f"cannot resolve '{target}'") from None
+        import scapy.layers.inet  # noqa: F401  (before any probe is timed)
+
         self.target = str(addr)
         self.port = port
         self.v6 = addr.version == 6
@@ -539,6 +541,10 @@ def _tsval(s: str) -> int:
 
 
 def cmd_gwping(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise LabError(f"gwping: -c wants at least 1 probe, not {args.count}")
+    if not 1 <= args.port <= 65535:
+        raise LabError(f"gwping: port {args.port} out of range 1-65535")
     tsval = MAGIC_PASS if args.pass_ else args.tsval
     with _in_netns(args.netns):
         stats = run_probes(

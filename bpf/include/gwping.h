@@ -20,7 +20,15 @@
 #define GWPING_MAGIC		0xdeadbeefU	/* TSval, host order */
 #define GWPING_MAGIC_PASS	0xddadbeefU	/* MAGIC after one gateway */
 
-/* The decrement touches the first wire byte only: it must not borrow. */
+/*
+ * The program decrements only MAGIC, and only its first wire byte.  That is
+ * the seed's u32 decrement exactly as long as the byte is not 0 (no borrow
+ * into the second byte).  For the record (tests/test_gwping_csum.py): the
+ * seed's decrement *with* a borrow would still be right one's complement
+ * arithmetic for the +htons(0x0100) fix -- the borrow is the end-around
+ * borrow -- except for TSval 0, which wraps to ffffffff; a byte-only
+ * decrement that wraps 00 -> ff would not be.  Neither can happen here.
+ */
 _Static_assert((GWPING_MAGIC >> 24) != 0, "MAGIC's first wire byte must be > 0");
 _Static_assert(GWPING_MAGIC - 0x01000000U == GWPING_MAGIC_PASS,
 	       "MAGIC_PASS is MAGIC with its first wire byte decremented");
