@@ -27,6 +27,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--netns", help="run CMD inside this network namespace of the guest")
     p.add_argument("--timeout", type=float, help="kill CMD after this many seconds")
     p.add_argument("--times", action="store_true", help="print boot timings to stderr")
+    p.add_argument(
+        "-i", "--interactive", action="store_true",
+        help="attach this terminal (stdin, and a pty in the guest when it is a tty)",
+    )  # fmt: skip
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_run)
 
@@ -98,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"{t['boot_to_ready_s']:.2f} s (image check {t['image_check_s']:.2f} s)",
                 file=sys.stderr,
             )
+        if args.interactive:
+            return _shell_code(session.interactive(cmd, netns=args.netns))
         res = session.run(cmd, netns=args.netns, timeout=args.timeout, on_stdout=to(out), on_stderr=to(err))
         return _shell_code(res.returncode)
     finally:

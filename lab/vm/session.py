@@ -4,6 +4,9 @@
         print(vm.run(["uname", "-r"]).stdout)
         vm.sh("ip netns add a")
         r = vm.run(["ping", "-c1", "10.0.0.2"], netns="a", timeout=10)
+        for topo in scenarios:                    # many labs, one boot
+            with vm.lab(topo) as lab:
+                lab.exec("client", ["ping", "-c1", "192.0.2.11"]).check()
 
 A session owns a supervisor process (lab/vm/supervisor.py) which owns qemu.
 A non-persistent session's VM stops when the session is closed or its
@@ -28,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.engines.base import ExecResult
 from lab.errors import LabError
@@ -38,6 +41,10 @@ from lab.vm.config import REPO, build_dir
 from lab.vm.image import ImageBuilder, Progress, _stderr_progress
 from lab.vm.qemu import QemuConfig
 from lab.vm.supervisor import SupervisorSpec
+
+if TYPE_CHECKING:
+    from lab.lab import Lab
+    from lab.topology import Topology
 
 BOOT_TIMEOUT = {"tcg": 60.0, "kvm": 20.0}
 HANG_TIMEOUT = 20.0
@@ -347,6 +354,12 @@ class VMSession:
 
     def sh(self, script: str, **kw: Any) -> ExecResult:
         return self.run(["sh", "-c", script], **kw)
+
+    def lab(self, topo: Topology, name: str | None = None) -> Lab:
+        """Build `topo` in this guest as a lab that borrows it (its down keeps the guest)."""
+        from lab.lab import Lab
+
+        return Lab.up(topo, name=name, engine="vm", vm=self.name)
 
     def interactive(self, argv: Sequence[str], *, netns: str | None = None) -> int:
         """Run argv attached to this terminal (a pty in the guest when stdin is a tty)."""
