@@ -38,8 +38,9 @@ class BpfError(LabError):
 def build(target: str = "all", *, bpf_dir: Path = BPF_DIR) -> None:
     """Run ``make -C bpf TARGET`` (a no-op when up to date), serialised by a lock
     so that concurrent test sessions do not write the same objects."""
-    lock_path = bpf_dir / ".build.lock"
-    with open(lock_path, "w") as lock:
+    build_dir = bpf_dir / "build"  # ignored by git, like everything built
+    build_dir.mkdir(exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         p = subprocess.run(
             ["make", "-s", "-C", str(bpf_dir), target], capture_output=True, text=True

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP, IPOption
 from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     IPv6,
@@ -400,6 +400,19 @@ def test_arp_goes_to_the_kernel(obj: Path) -> None:
     (r,), cnt = run(obj, [frame])
     assert (r.action, r.data_out) == ("XDP_PASS", frame)
     only(cnt, not_ip=1)
+
+
+def test_ipv4_options_are_skipped(obj: Path) -> None:
+    # the TOA option of this project (type 31, 16 bytes) on a ping SYN
+    toa = bytes([31, 16, 0, 0]) + (1234).to_bytes(2, "big") + (80).to_bytes(2, "big") + bytes(
+        [198, 51, 100, 1, 203, 0, 113, 10])
+    frame = bytes(ETH / IP(src="192.0.2.1", dst="198.51.100.7", options=IPOption(toa)) / TCP(
+        flags="S", options=[("Timestamp", (MAGIC, 0))]))
+    assert frame[14] == 0x49  # ihl 9
+    (r,), cnt = run(obj, [frame])
+    assert r.data_out == pinged(frame)
+    assert_csum_canonical(r.data_out)
+    only(cnt, ping_fwd=1, fwd_redirect=1)
 
 
 def test_vlan_tagged_ping(obj: Path) -> None:
