@@ -5,7 +5,8 @@
  *
  *   TCP SYN, Timestamps option TSval == MAGIC      -> TSval's first wire byte
  *       minus one (de ad be ef -> dd ad be ef), TCP checksum + htons(0x0100)
- *       with end-around carry, forward;
+ *       with end-around carry (+ htons(0x0001) when an option walk finds
+ *       TSval at an odd offset in the TCP header), forward;
  *   TCP SYN, Timestamps option TSval == MAGIC_PASS -> XDP_PASS (the kernel of
  *       this node answers: the co-located case);
  *   anything else                                  -> untouched by the ping
