@@ -185,6 +185,22 @@ def test_fullnat_lab_in_a_shared_guest(vm: VMSession, lab_name: str) -> None:
     assert vm.run(["true"]).returncode == 0  # the guest outlived the lab
 
 
+def test_cloud_flavour_self_contained_guest(tmp_path: Path) -> None:
+    """The cloud kernel has no 9p: a self-contained initramfs, files over the channel."""
+    release = load_pin("cloud").release
+    src = tmp_path / "blob"
+    src.write_bytes(os.urandom(100000))
+    with VMSession(flavour="cloud", progress=None) as vm:
+        assert not vm.shared_root
+        assert vm.run(["uname", "-r"]).stdout.strip() == release
+        vm.sh("ip netns add c1 && ip -n c1 link add veth0 type veth peer name veth1", check=True)
+        assert "veth0" in vm.run(["ip", "-br", "link"], netns="c1").stdout
+        vm.put(src, "/opt/blob")
+        assert vm.get("/opt/blob", tmp_path / "back").read_bytes() == src.read_bytes()
+        vm.sh(f"mkdir -p {vm.results}/d && uname -r > {vm.results}/d/rel", check=True)
+        assert (vm.sync_results() / "d" / "rel").read_text().strip() == release
+
+
 # -- accelerator ----------------------------------------------------------------------------
 def test_accel_choice_is_cached_and_forcible() -> None:
     img = ImageBuilder(progress=None).build()

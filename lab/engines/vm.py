@@ -121,6 +121,11 @@ class VMEngine(Engine):
                 teardown = Plan(lab=self.name, namespaces=self.record.namespaces).render_teardown()
                 self.vm().sh(teardown, timeout=30)
         if self.owns_vm:
+            if vm_alive:
+                # without a shared root (cloud flavour) results live in the guest: fetch them
+                with contextlib.suppress(LabError):
+                    if not self.vm().shared_root:
+                        self.vm().sync_results()
             if self._vm is not None:
                 self._vm.stop()
                 self._vm = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -24,6 +25,7 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,17 @@ AGENT_DIR = IMAGES / "agent"
 # virtio-serial control port, the 9p chain and overlay (for /tmp); dependencies
 # come from modules.dep.
 INITRAMFS_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
+# A kernel without 9p (cloud) boots a self-contained initramfs instead: these
+# host programs with their libraries, and these network modules.
+BUNDLE_BOOT_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console")
+BUNDLE_PROGRAMS = (
+    "dash", "ip", "tc", "bridge", "ss", "nstat", "tcpdump", "ping", "sysctl", "bash",
+    "modprobe", "insmod", "rmmod", "lsmod", "modinfo", "ethtool", "nc", "timeout",
+)  # fmt: skip
+BUNDLE_MODULES = (
+    "veth", "bridge", "vxlan", "dummy", "8021q", "macvlan", "ipvlan", "sch_netem",
+    "sch_ingress", "sch_fq", "cls_bpf", "act_bpf", "act_gact", "act_mirred",
+)  # fmt: skip
 
 Progress = Callable[[str], None]
 
@@ -58,6 +71,12 @@ class Image:
     @property
     def release(self) -> str:
         return self.pin.release
+
+    @property
+    def shared_root(self) -> bool:
+        """True when the guest mounts the host's / over 9p; False: a self-contained
+        initramfs (the cloud flavour has no 9p), results fetched over the channel."""
+        return has_module(self.modules, "9p")
 
     @property
     def modules(self) -> Path:
@@ -126,7 +145,11 @@ class ImageBuilder:
         tmp.rename(root)
         vmlinuz = root / "boot" / f"vmlinuz-{pin.release}"
         self.progress("  decompressing vmlinuz for direct (PVH) boot")
-        _extract_vmlinux(vmlinuz, img.vmlinux)
+        if not _extract_vmlinux(vmlinuz, img.vmlinux):
+            self.progress(
+                "  could not decompress it (for LZ4: apt-get install lz4); booting the "
+                "compressed image, ~2 s slower under TCG"
+            )
         _stamp_write(self.kdir / "kernel.stamp", inputs)
         self.progress(f"kernel {pin.release} ready in {time.monotonic() - t0:.1f} s")
 
@@ -171,31 +194,57 @@ class ImageBuilder:
     def _initramfs(self, img: Image) -> None:
         if not BUSYBOX.exists() or not _is_static(BUSYBOX):
             raise LabError(f"{BUSYBOX} missing or not static: apt-get install busybox-static")
-        mods = module_closure(img.modules, INITRAMFS_MODULES)
-        inputs = {
+        shared = img.shared_root
+        boot_mods = module_closure(img.modules, INITRAMFS_MODULES if shared else BUNDLE_BOOT_MODULES)
+        inputs: dict[str, object] = {
             "init": _hash_files([INIT_SCRIPT]),
             "agent": _hash_files([img.agent]),
             "busybox": _stat_key(BUSYBOX),
-            "modules": [m.name for m in mods],
+            "modules": [m.name for m in boot_mods],
             "kernel": _stamp_read(self.kdir / "kernel.stamp"),
-            "code": 2,
+            "code": 3,
         }
+        if not shared:
+            programs = _bundle_programs()
+            inputs["bundle"] = [_stat_key(Path(p)) for p in programs]
         stamp = self.kdir / "initramfs.stamp"
         if _stamp_ok(stamp, inputs) and img.initramfs.exists():
             return
-        self.progress(f"initramfs: {len(mods)} modules, busybox, agent")
         cpio = Cpio()
-        for d in ("bin", "dev", "proc", "sys", "newroot", "modules", "tmp"):
-            cpio.dir(d)
+        skip: set[str] = set()
+        if shared:
+            self.progress(f"initramfs: {len(boot_mods)} modules, busybox, agent")
+            bindir = "bin"
+            cpio.dir(bindir)
+        else:
+            self.progress(
+                f"initramfs (self-contained: the {self.pin.flavour} kernel has no 9p): "
+                f"{len(programs)} host programs and their libraries, network modules"
+            )
+            bindir = "usr/bin"
+            skip = {Path(p).name for p in programs}
+            for top in ("/bin", "/sbin", "/lib", "/lib64"):  # merged /usr, as on the host
+                cpio.mirror(top)
+            for p in programs:
+                cpio.mirror(p)
+                for lib in _shared_libs(p):
+                    cpio.mirror(lib)
+            self._bundle_modules(img, cpio)
+            if "dash" in skip:
+                # busybox sh would run its own applets (ip, ...) before the host programs
+                cpio.symlink_once("usr/bin/sh", "dash")
+            cpio.file("bundle", b"host programs, no 9p\n", 0o644)
+        for d in ("dev", "proc", "sys", "newroot", "modules", "tmp", "run", "usr", bindir):
+            cpio.dir_once(d)
         cpio.node("dev/console", stat.S_IFCHR | 0o600, 5, 1)
         cpio.file("init", INIT_SCRIPT.read_bytes(), 0o755)
-        cpio.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+        cpio.file(f"{bindir}/busybox", BUSYBOX.read_bytes(), 0o755)
         for applet in _busybox_applets():
-            if applet != "busybox":
-                cpio.symlink(f"bin/{applet}", "busybox")
+            if applet != "busybox" and (shared or applet not in skip):
+                cpio.symlink_once(f"{bindir}/{applet}", "busybox")
         cpio.file("toalab-agent", img.agent.read_bytes(), 0o755)
         names = []
-        for m in mods:
+        for m in boot_mods:
             name = _modname(m)
             cpio.file(f"modules/{name}.ko", _read_module(m), 0o644)
             names.append(name)
@@ -205,14 +254,46 @@ class ImageBuilder:
         tmp.replace(img.initramfs)
         _stamp_write(stamp, inputs)
 
+    def _bundle_modules(self, img: Image, cpio: Cpio) -> None:
+        """The network modules (and deps) under /lib/modules/<release>, depmod'ed."""
+        stage = self.kdir / "bundle-modules"
+        shutil.rmtree(stage, ignore_errors=True)
+        rel = self.pin.release
+        dst = stage / "lib" / "modules" / rel
+        dst.mkdir(parents=True)
+        for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+            if (img.modules / f).exists():
+                shutil.copy(img.modules / f, dst / f)
+        for m in module_closure(img.modules, BUNDLE_MODULES, optional=True):
+            out = dst / m.relative_to(img.modules)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(m, out)
+        _run(["depmod", "-b", str(stage), rel], "depmod (bundle)")
+        for p in sorted(stage.rglob("*")):
+            name = f"usr/{p.relative_to(stage)}"
+            if p.is_dir():
+                cpio.dir_once(name)
+            else:
+                cpio.file(name, p.read_bytes(), 0o644)
+
 
 # -- modules -----------------------------------------------------------------------------
 def _modname(p: Path) -> str:
     return p.name.split(".ko")[0]
 
 
-def module_closure(moddir: Path, wanted: Iterable[str]) -> list[Path]:
-    """The module files for `wanted` and their dependencies, in load order."""
+def has_module(moddir: Path, name: str) -> bool:
+    try:
+        module_closure(moddir, [name])
+        return True
+    except LabError:
+        return False
+
+
+def module_closure(moddir: Path, wanted: Iterable[str], *, optional: bool = False) -> list[Path]:
+    """The module files for `wanted` and their dependencies, in load order.
+
+    Built-in modules are skipped; with optional=True so are missing ones."""
     deps: dict[str, list[str]] = {}
     paths: dict[str, str] = {}
     try:
@@ -241,7 +322,10 @@ def module_closure(moddir: Path, wanted: Iterable[str]) -> list[Path]:
         order.append(n)
 
     for w in wanted:
-        visit(w.replace("-", "_"), ())
+        n = w.replace("-", "_")
+        if optional and n not in paths:
+            continue
+        visit(n, ())
     return [moddir / paths[n] for n in order]
 
 
@@ -265,7 +349,7 @@ _MAGICS = {
 }
 
 
-def _extract_vmlinux(vmlinuz: Path, out: Path) -> None:
+def _extract_vmlinux(vmlinuz: Path, out: Path) -> bool:
     """Decompress the ELF vmlinux out of a bzImage; fall back to the bzImage itself."""
     data = vmlinuz.read_bytes()
     for kind, magic in _MAGICS.items():
@@ -276,9 +360,11 @@ def _extract_vmlinux(vmlinuz: Path, out: Path) -> None:
                 tmp = out.with_suffix(".tmp")
                 tmp.write_bytes(elf)
                 tmp.replace(out)
-                return
+                return True
             off = data.find(magic, off + 1)
-    shutil.copyfile(vmlinuz, out)  # qemu boots a bzImage too, only slower
+    # qemu boots a bzImage too, only slower (it decompresses itself on every boot)
+    shutil.copyfile(vmlinuz, out)
+    return False
 
 
 def _try_decompress(kind: str, blob: bytes) -> bytes | None:
@@ -286,13 +372,13 @@ def _try_decompress(kind: str, blob: bytes) -> bytes | None:
         if kind == "xz":
             return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob)
         if kind == "gzip":
-            return gzip.GzipFile(fileobj=__import__("io").BytesIO(blob)).read()
+            return gzip.GzipFile(fileobj=io.BytesIO(blob)).read()
         tool = {"zstd": ["zstd", "-dcq"], "lz4": ["lz4", "-dcq"]}[kind]
         if shutil.which(tool[0]) is None:
             return None
         p = subprocess.run(tool, input=blob, capture_output=True)
         return p.stdout or None
-    except (lzma.LZMAError, OSError, EOFError):
+    except (lzma.LZMAError, OSError, EOFError, zlib.error):
         return None
 
 
@@ -301,8 +387,10 @@ class Cpio:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._ino = 1
+        self._names: set[str] = set()
 
     def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        self._names.add(name)
         nameb = name.encode() + b"\0"
         fields = [
             self._ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
@@ -325,6 +413,32 @@ class Cpio:
     def node(self, name: str, mode: int, major: int, minor: int) -> None:
         self._entry(name, mode, rdev=(major, minor))
 
+    def dir_once(self, name: str) -> None:
+        if name not in self._names:
+            self.dir(name)
+
+    def symlink_once(self, name: str, target: str) -> None:
+        if name not in self._names:
+            self.symlink(name, target)
+
+    def mirror(self, path: str) -> None:
+        """Copy a host path into the archive at the same place, symlinks included."""
+        parts = Path(os.path.normpath(path)).parts[1:]
+        cur = Path("/")
+        for i, comp in enumerate(parts):
+            cur = cur / comp
+            rel = str(cur)[1:]
+            if cur.is_symlink():
+                target = os.readlink(cur)
+                self.symlink_once(rel, target)
+                base = Path(target) if os.path.isabs(target) else cur.parent / target
+                self.mirror(str(base.joinpath(*parts[i + 1 :])))
+                return
+            if i < len(parts) - 1 or cur.is_dir():
+                self.dir_once(rel)
+            elif rel not in self._names:
+                self.file(rel, cur.read_bytes(), cur.stat().st_mode & 0o7777)
+
     def finish(self) -> bytes:
         self._entry("TRAILER!!!", 0)
         return b"".join(self._parts)
@@ -340,6 +454,26 @@ def _kernel_deps(headers_deb: Path) -> list[tuple[str, str | None]]:
         if m:
             out.append((m.group(1), m.group(2)))
     return out
+
+
+def _bundle_programs() -> list[str]:
+    out = []
+    for name in BUNDLE_PROGRAMS:
+        p = shutil.which(name, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        if p:
+            out.append(p)
+    return out
+
+
+def _shared_libs(program: str) -> list[str]:
+    """The shared libraries (and the ELF interpreter) a host program loads."""
+    p = subprocess.run(["ldd", program], capture_output=True, text=True)
+    libs = []
+    for line in p.stdout.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
+        if m:
+            libs.append(m.group(1))
+    return libs
 
 
 def _busybox_applets() -> list[str]:

@@ -48,7 +48,8 @@ class QemuConfig:
 
     def argv(self, *, ctl_sock: Path, con_sock: Path) -> list[str]:
         img = self.image
-        cmdline = f"{BASE_CMDLINE} toalab.modroot={img.root}"
+        shared = img.shared_root
+        cmdline = BASE_CMDLINE + (f" toalab.modroot={img.root}" if shared else "")
         if self.results is not None:
             cmdline += f" toalab.results={self.results}"
         if self.extra_cmdline:
@@ -84,10 +85,13 @@ class QemuConfig:
             "-device", f"{vser},id=vser",
             "-chardev", f"socket,id=ctl,path={ctl_sock}",
             "-device", "virtserialport,bus=vser.0,chardev=ctl,name=toalab.ctl",
-            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device", f"{v9p},fsdev=hostroot,mount_tag=hostroot",
         ]  # fmt: skip
-        if self.results is not None:
+        if shared:
+            argv += [
+                "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+                "-device", f"{v9p},fsdev=hostroot,mount_tag=hostroot",
+            ]  # fmt: skip
+        if shared and self.results is not None:
             argv += [
                 "-fsdev",
                 f"local,id=results,path={self.results},security_model=none,multidevs=remap",

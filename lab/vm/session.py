@@ -156,7 +156,12 @@ class VMSession:
             hang_timeout=opts.hang_timeout,
             owner_pid=None if self.persistent else os.getpid(),
             results=str(results),
-            extra={"flavour": image.pin.flavour, "headers": str(image.headers), **opts.extra},
+            extra={
+                "flavour": image.pin.flavour,
+                "headers": str(image.headers),
+                "shared_root": image.shared_root,
+                **opts.extra,
+            },
         )
         spec_path = self.rundir / "spec.json"
         spec.save(spec_path)
@@ -277,8 +282,50 @@ class VMSession:
     def results(self) -> Path:
         return Path(self.info["results"])
 
+    @property
+    def shared_root(self) -> bool:
+        """True: the guest sees the host's / (read-only) and writes results straight
+        to the host.  False (cloud flavour): use put/get/sync_results."""
+        return bool(self.info.get("shared_root", True))
+
     def status(self) -> dict[str, Any]:
         return self._ch().status()
+
+    # -- files ------------------------------------------------------------------------------------
+    def put(self, local: Path | str, remote: str, mode: int = 0o644) -> None:
+        """Copy a host file into the guest (needed only without a shared root)."""
+        data = Path(local).read_bytes()
+        self.run(
+            ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"', "put",
+             remote, f"{mode:o}"],
+            input=data, check=True, timeout=120,
+        )  # fmt: skip
+
+    def get(self, remote: str, local: Path | str) -> Path:
+        """Copy a guest file to the host."""
+        job = self.spawn(["cat", remote])
+        if job.wait(120) != 0:
+            raise LabError(f"cannot read {remote} in the guest: {job.output()[1].strip()}")
+        out = Path(local)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(bytes(job.stdout))
+        return out
+
+    def sync_results(self) -> Path:
+        """Make the guest's results directory complete on the host; returns its path.
+
+        With a shared root the guest writes there directly and this does nothing."""
+        if self.shared_root:
+            return self.results
+        job = self.spawn(["tar", "-C", str(self.results), "-cf", "-", "."])
+        if job.wait(300) != 0:
+            raise LabError(f"fetching results from the guest failed: {job.output()[1].strip()}")
+        import io
+        import tarfile
+
+        with tarfile.open(fileobj=io.BytesIO(bytes(job.stdout))) as tar:
+            tar.extractall(self.results, filter="data")
+        return self.results
 
     def _ch(self) -> Channel:
         if self.channel is None:
