@@ -250,6 +250,19 @@ class DataPlane:
         raw = bpf.map_u64_counters(bpf.map_dump_id(mid))
         return {name: raw.get(i, 0) for i, name in enumerate(COUNTERS)}
 
+    @classmethod
+    def of(cls, topo: Topology, namespaces: dict[str, str]) -> DataPlane:
+        """The data plane a running lab's engine attached from ``params.xdp``."""
+        from lab import bpf
+
+        dp = cls()
+        for att in xdp_attachments(topo):
+            pid = bpf.xdp_prog_id(namespaces[att.node], att.ifname)
+            if pid is None:
+                raise LabError(f"{att.node}:{att.ifname}: no XDP program attached (is the lab up?)")
+            dp.attached.append((att, namespaces[att.node], pid))
+        return dp
+
     def detach(self) -> None:
         from lab import bpf
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES="
   make gcc libc6-dev python3-venv
   iproute2 iputils-ping tcpdump ethtool netcat-openbsd procps kmod
-  clang llvm libbpf-dev bpftool
+  clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool
   linux-headers-amd64
   qemu-system-x86 busybox-static xz-utils cpio
 "

@@ -2,7 +2,7 @@
 
 topologies/gwping-colocated.yaml: prober -- gwa -- colo -- sink, gwa and
 colo running bpf/gwping.c on both ports, colo also running a business
-service (a TCP listener on 10.70.2.2:8080).  A probe crosses gwa's data
+service (a TCP listener on 198.18.2.2:8080).  A probe crosses gwa's data
 plane (decremented, forwarded), reaches colo's data plane as MAGIC_PASS and
 colo's kernel answers; an ordinary SYN to the same address and port is
 forwarded by colo's data plane to the sink and nobody answers.
@@ -29,7 +29,7 @@ from scapy.utils import rdpcap
 
 from lab import bpf, netns, topology
 from lab.capture import Capture
-from lab.gwping import MAGIC, MAGIC_PASS, DataPlane, apply_data_plane, run_probes
+from lab.gwping import MAGIC, MAGIC_PASS, DataPlane, run_probes
 from lab.lab import Lab
 
 pytestmark = [pytest.mark.host, pytest.mark.bpf]
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.host, pytest.mark.bpf]
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
 SERVICE_PORT = 8080
-COLO4, COLO6 = "10.70.2.2", "2001:db8:70:2::2"
+COLO4, COLO6 = "198.18.2.2", "2001:db8:70:2::2"
 LISTENER = (
     "import socket, time\n"
     "socks = []\n"
@@ -79,13 +79,9 @@ def _up(topo_file: str, suffix: str) -> Iterator[GwLab]:
         pytest.fail("needs root (network namespaces, XDP)")
     name = f"tlgw{os.getpid() % 100000}{suffix}"
     topo = topology.load(TOPOLOGIES / topo_file)
-    lab = Lab.up(topo, name=name)
+    lab = Lab.up(topo, name=name)  # the engine attaches params.xdp
     try:
-        dp = apply_data_plane(topo, lab.engine.record.namespaces)
-        try:
-            yield GwLab(lab, dp)
-        finally:
-            dp.detach()
+        yield GwLab(lab, DataPlane.of(topo, lab.engine.record.namespaces))
     finally:
         lab.down()
     assert not netns.listing(f"toalab-{name}-")
@@ -237,7 +233,7 @@ def test_cli_errors(colo: GwLab) -> None:
 # -- one gateway, an ordinary server behind it ----------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["10.70.2.10", "2001:db8:70:2::10"], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("target", ["198.18.2.10", "2001:db8:70:2::10"], ids=["ipv4", "ipv6"])
 def test_probe_through_one_gateway(single: GwLab, target: str) -> None:
     before = single.counters("gwa", "eth0")
     out = io.StringIO()
@@ -255,7 +251,7 @@ def test_magic_pass_at_a_gateway_goes_to_its_kernel(single: GwLab) -> None:
     before = single.counters("gwa", "eth0")
     out = io.StringIO()
     with netns.entered(single.ns("prober")):
-        stats = run_probes("10.70.2.10", 1, 0.1, port=9, tsval=MAGIC_PASS, out=out)
+        stats = run_probes("198.18.2.10", 1, 0.1, port=9, tsval=MAGIC_PASS, out=out)
     assert stats.received == 1, out.getvalue()
     after = single.counters("gwa", "eth0")
     assert after["ping_pass"] - before["ping_pass"] == 1
@@ -263,8 +259,8 @@ def test_magic_pass_at_a_gateway_goes_to_its_kernel(single: GwLab) -> None:
 
 
 def test_loss_is_reported_and_exits_nonzero(single: GwLab) -> None:
-    # 10.70.2.99 is nobody: gwa forwards the probe to the server, which drops it
-    p = _toalab("gwping", "10.70.2.99", "-c", "2", "-i", "0.1", "-W", "0.3", node_lab=single)
+    # 198.18.2.99 is nobody: gwa forwards the probe to the server, which drops it
+    p = _toalab("gwping", "198.18.2.99", "-c", "2", "-i", "0.1", "-W", "0.3", node_lab=single)
     assert p.returncode == 1
     assert "2 probes transmitted, 0 received, 100% packet loss" in p.stdout
     assert MAGIC == 0xDEADBEEF and "TSval 0xdeadbeef" in p.stdout

@@ -35,7 +35,7 @@ def test_colocated_topology_has_a_gateway_behind_a_gateway() -> None:
     topo = topology.load(ROOT / "topologies" / "gwping-colocated.yaml")
     assert peer_of(topo, "gwa", "eth1") == ("colo", "eth0")
     assert topo.nodes["colo"].role == "gateway"
-    assert str(topo.nodes["colo"].address(4)) == "10.70.2.2"
+    assert str(topo.nodes["colo"].address(4)) == "198.18.2.2"
 
 
 _BASE = """

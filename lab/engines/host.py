@@ -80,6 +80,7 @@ class HostEngine(Engine):
         self.record.save()  # before building: a crash halfway stays findable
         try:
             self._execute(plan)
+            _attach_programs(topo, plan.namespaces)
         except BaseException:
             self.down()
             raise
@@ -166,6 +167,17 @@ def _trip(kind: str, n: int) -> None:
         raise LabError(f"failpoint: build stopped at operation {n}")
     while True:  # stall until killed
         time.sleep(3600)
+
+
+def _attach_programs(topo: Topology, namespaces: dict[str, str]) -> None:
+    """XDP programs a topology declares on its nodes (``params.xdp``).
+
+    They die with their namespaces, so ``down`` needs nothing more.
+    """
+    if any(node.params.get("xdp") for node in topo.nodes.values()):
+        from lab.gwping import apply_data_plane
+
+        apply_data_plane(topo, namespaces)
 
 
 class _Netlink:
