@@ -80,18 +80,27 @@ def resolve(requested: str, image: Image, cache_dir: Path, log: Path | None = No
     cache = cache_dir / "accel.json"
     key = _cache_key(image)
     try:
-        data = json.loads(cache.read_text())
-        if data.get("key") == key and data.get("accel") in ("kvm", "tcg"):
-            return str(data["accel"])
-    except (OSError, ValueError):
-        pass
+        entries = json.loads(cache.read_text()).get("entries", {})
+    except (OSError, ValueError, AttributeError):
+        entries = {}
+    hit = entries.get(image.release)
+    if isinstance(hit, dict) and hit.get("key") == key and hit.get("accel") in ("kvm", "tcg"):
+        return str(hit["accel"])
     ok, detail = probe_kvm(image, log)
     verdict = "kvm" if ok else "tcg"
+    entries[image.release] = {"key": key, "accel": verdict, "detail": detail, "at": time.time()}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "accel": verdict, "detail": detail, "at": time.time()}))
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"entries": entries}, indent=1))
     tmp.replace(cache)
     return verdict
+
+
+def cached_detail(image: Image, cache_dir: Path) -> str:
+    try:
+        return str(json.loads((cache_dir / "accel.json").read_text())["entries"][image.release]["detail"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def probe_kvm(image: Image, log: Path | None = None, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:

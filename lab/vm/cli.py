@@ -136,12 +136,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
         cache.unlink(missing_ok=True)
     why = accel_mod.kvm_usable_device()
     verdict = accel_mod.resolve("auto", img, build_dir(), log=build_dir() / "kvm-probe.log")
-    detail = why or ""
-    if not why:
-        try:
-            detail = json.loads(cache.read_text()).get("detail", "")
-        except (OSError, ValueError):
-            detail = ""
+    detail = why or accel_mod.cached_detail(img, build_dir())
     print(f"{verdict}" + (f" ({detail})" if detail else ""))
     return 0
 
