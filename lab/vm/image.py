@@ -13,6 +13,7 @@ that hash changes; an up-to-date check costs a few stat() calls.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -114,9 +115,12 @@ class ImageBuilder:
     def build(self) -> Image:
         img = self.image()
         self.build_root.mkdir(parents=True, exist_ok=True)
-        self._kernel(img)
-        self._agent(img)
-        self._initramfs(img)
+        # one builder at a time per build dir (parallel test runs, make -j)
+        with open(self.build_root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._kernel(img)
+            self._agent(img)
+            self._initramfs(img)
         return img
 
     # -- stage: kernel packages -------------------------------------------------------
@@ -159,16 +163,23 @@ class ImageBuilder:
         for f in self.debs.glob(f"{fname}*.deb"):
             return f
         self.progress(f"  downloading {pkg}={version}")
-        p = subprocess.run(
-            ["apt-get", "download", f"{pkg}={version}"],
-            cwd=self.debs,
-            capture_output=True,
-            text=True,
-        )
-        found = list(self.debs.glob(f"{fname}*.deb"))
-        if p.returncode != 0 or not found:
+        missing = re.compile(r"Unable to locate package|was not found|Can't select")
+        for attempt in range(2):
+            p = subprocess.run(
+                ["apt-get", "download", f"{pkg}={version}"],
+                cwd=self.debs,
+                capture_output=True,
+                text=True,
+            )
+            found = list(self.debs.glob(f"{fname}*.deb"))
             err = (p.stderr or p.stdout).strip()
-            if re.search(r"Unable to locate package|was not found|Can't select", err):
+            if found or attempt or not missing.search(err):
+                break
+            # maybe only the package lists are stale (or were never fetched)
+            self.progress("  not in the package lists: apt-get update")
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        if p.returncode != 0 or not found:
+            if missing.search(err):
                 raise LabError(
                     f"{pkg}={version} is no longer on the Debian mirror; update the pin in "
                     f"{PIN_FILE} (list candidates: apt-cache policy 'linux-image-6.1.0-*-amd64'; "
