@@ -14,6 +14,7 @@ that hash changes; an up-to-date check costs a few stat() calls.
 from __future__ import annotations
 
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -289,8 +290,30 @@ class ImageBuilder:
 
 
 # -- modules -----------------------------------------------------------------------------
-def _modname(p: Path) -> str:
-    return p.name.split(".ko")[0]
+def _modname(p: Path | str) -> str:
+    return os.path.basename(p).split(".ko")[0]
+
+
+def _key(path: str) -> str:
+    return _modname(path).replace("-", "_")
+
+
+@functools.lru_cache(maxsize=8)
+def _moddep(moddir: str, mtime_ns: int) -> tuple[dict[str, str], dict[str, list[str]], frozenset[str]]:
+    deps: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    with open(os.path.join(moddir, "modules.dep")) as f:
+        for line in f:
+            target, _, rest = line.partition(":")
+            name = _key(target)
+            paths[name] = target
+            deps[name] = [_key(d) for d in rest.split()]
+    builtin: frozenset[str] = frozenset()
+    bfile = os.path.join(moddir, "modules.builtin")
+    if os.path.exists(bfile):
+        with open(bfile) as f:
+            builtin = frozenset(_key(x) for x in f.read().split())
+    return paths, deps, builtin
 
 
 def has_module(moddir: Path, name: str) -> bool:
@@ -305,21 +328,11 @@ def module_closure(moddir: Path, wanted: Iterable[str], *, optional: bool = Fals
     """The module files for `wanted` and their dependencies, in load order.
 
     Built-in modules are skipped; with optional=True so are missing ones."""
-    deps: dict[str, list[str]] = {}
-    paths: dict[str, str] = {}
     try:
-        text = (moddir / "modules.dep").read_text()
+        mtime = (moddir / "modules.dep").stat().st_mtime_ns
     except FileNotFoundError:
         raise LabError(f"{moddir}/modules.dep missing: run 'toalab vm build'") from None
-    for line in text.splitlines():
-        target, _, rest = line.partition(":")
-        name = _modname(Path(target)).replace("-", "_")
-        paths[name] = target
-        deps[name] = [_modname(Path(d)).replace("-", "_") for d in rest.split()]
-    builtin = set()
-    bfile = moddir / "modules.builtin"
-    if bfile.exists():
-        builtin = {_modname(Path(x)).replace("-", "_") for x in bfile.read_text().split()}
+    paths, deps, builtin = _moddep(str(moddir), mtime)
     order: list[str] = []
 
     def visit(n: str, stack: tuple[str, ...]) -> None:
