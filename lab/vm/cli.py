@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
-from lab.vm import accel as accel_mod
 from lab.vm.config import build_dir, flavours
-from lab.vm.image import ImageBuilder
-from lab.vm.session import VMSession, run_root, rundir_for, supervisor_alive
+
+# the rest of lab.vm is imported by the commands themselves: `toalab --help` stays fast
+ACCELS = ("auto", "kvm", "tcg")
 
 
 def register(subparsers: Any) -> None:
@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 
 
 def _vm_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--accel", choices=accel_mod.ACCELS, default="auto", help="default: auto")
+    p.add_argument("--accel", choices=ACCELS, default="auto", help="default: auto")
     p.add_argument("--flavour", choices=sorted(flavours()), help="kernel flavour (default: generic)")
     p.add_argument("--memory", type=int, default=1024, metavar="MB")
     p.add_argument("--cpus", type=int, default=2)
@@ -73,6 +73,8 @@ def _cmd(argv: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from lab.vm.session import VMSession
+
     cmd = _cmd(args.cmd)
     out, err = sys.stdout.buffer, sys.stderr.buffer
 
@@ -119,6 +121,8 @@ def _shell_code(code: int) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from lab.vm.image import ImageBuilder
+
     img = ImageBuilder(args.flavour).build()
     print(f"kernel   {img.release} ({img.pin.version}, flavour {img.pin.flavour})")
     print(f"vmlinux  {img.vmlinux}")
@@ -130,6 +134,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_accel(args: argparse.Namespace) -> int:
+    from lab.vm import accel as accel_mod
+    from lab.vm.image import ImageBuilder
+
     img = ImageBuilder(args.flavour).build()
     cache = build_dir() / "accel.json"
     if args.reprobe:
@@ -142,6 +149,8 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 
 def _running() -> list[dict[str, Any]]:
+    from lab.vm.session import run_root, supervisor_alive
+
     root = run_root()
     if not root.is_dir():
         return []
@@ -163,6 +172,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from lab.vm.session import rundir_for, supervisor_alive
+
     state = supervisor_alive(rundir_for(args.name))
     if state is None:
         raise LabError(f"no running VM named '{args.name}'")
@@ -171,6 +182,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
+    from lab.vm.session import rundir_for
+
     log = Path(rundir_for(args.name)) / "console.log"
     try:
         sys.stdout.buffer.write(log.read_bytes())
