@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 KMOD = REPO / "kmod"
 MODULES = ("toa", "uoa")
-PROGRAMS = ("tcp_server", "tcp_client", "udp_server", "udp_client", "toa_bench")
+PROGRAMS = ("tcp_server", "tcp_client", "udp_server", "udp_client", "toa_bench", "test_toa_opt")
 
 
 def out_dir(release: str) -> Path:
@@ -80,7 +80,7 @@ def build(flavour: str | None = None) -> Artifacts:
     image = ImageBuilder(flavour, progress=None).build()
     art = Artifacts(image.release, out_dir(image.release))
     _make(["modules-out", f"KDIR={image.headers}", f"MODOUT={art.root}"])
-    _make(["lib", "examples", "bench", "STATIC=1", f"BUILD={art.root / 'bin'}"])
+    _make(["userspace", "STATIC=1", f"BUILD={art.root / 'bin'}"])
     return art.check()
 
 
@@ -214,7 +214,7 @@ class _Split:
     raw: list[str] = field(default_factory=list)
 
 
-def _events(text: str) -> list[dict[str, Any]]:
+def events(text: str) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -239,33 +239,43 @@ def exchanges(
     clients: Sequence[Client],
     *,
     artifacts: Artifacts,
+    server_family: str | None = None,
     timeout: float = 60.0,
 ) -> list[Exchange]:
     """Start one server (--json --count N) on server_node, run the N clients one after
-    the other on client_node (one command), return one Exchange per client."""
+    the other on client_node (one command), return one Exchange per client.
+
+    The server listens on IPv4 or IPv6 after `host`'s family, or `server_family`
+    ("-4", "-6": dual-stack, so an IPv4 connection shows v4-mapped addresses)."""
     if proto not in ("tcp", "udp"):
         raise LabError(f"proto must be tcp or udp, not {proto!r}")
     n = len(clients)
-    family = "-6" if ":" in host else "-4"
+    family = server_family or ("-6" if ":" in host else "-4")
     srv = [artifacts.bin(f"{proto}_server"), family, "--json", "--count", str(n)]
     if proto == "tcp":
         srv += ["--timeout", "5"]
     srv.append(str(port))
     job = lab.spawn(server_node, srv)
     try:
-        _wait_for(job, '"event":"listening"', 15.0, f"{proto}_server on {server_node}")
+        wait_for(job, '"event":"listening"', 15.0, f"{proto}_server on {server_node}")
         prog = artifacts.bin(f"{proto}_client")
         script = "\n".join(
             f"echo {MARK}; " + shlex.join(c.argv(prog, host, port)) for c in clients
         )  # one client after the other, each marked
         res = lab.exec(client_node, ["sh", "-c", script], timeout=timeout)
         split = _split_clients(res.stdout, n)
+        failed = [i for i, evs in enumerate(split.per_client) if any(e.get("event") == "error" for e in evs)]
+        if failed:
+            raise LabError(
+                f"{proto}_client #{failed[0]} on {client_node} failed: {split.raw[failed[0]].strip()} "
+                f"{res.stderr.strip()}"
+            )
         code = job.wait(timeout=15.0)
     finally:
         if job.running:
             job.terminate()
     out, err = job.output()
-    sevents = _events(out)
+    sevents = events(out)
     if code != 0:
         raise LabError(f"{proto}_server on {server_node} exited {code}: {out}{err}")
     want = "accept" if proto == "tcp" else "datagram"
@@ -301,10 +311,10 @@ def _split_clients(stdout: str, n: int) -> _Split:
     chunks = stdout.split(MARK + "\n")[1:]
     if len(chunks) != n:
         raise LabError(f"expected the output of {n} clients, got {len(chunks)}: {stdout!r}")
-    return _Split([_events(c) for c in chunks], chunks)
+    return _Split([events(c) for c in chunks], chunks)
 
 
-def _wait_for(job: Any, needle: str, timeout: float, what: str) -> None:
+def wait_for(job: Any, needle: str, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.005
     while time.monotonic() < deadline:

@@ -1,0 +1,381 @@
+"""toa.ko / uoa.ko in the pinned 6.1 kernel, through the lab's VM engine (issue 4, item 6).
+
+One guest boot for the whole module: fullnat-4to4 and fullnat-6to6 are built
+in it side by side; the lb node plays the L7 load balancer (set_ip_opt on its
+socket) and rs1 the real server running the example programs.  The modules
+are per kernel: they are loaded in the guest's root namespace and every
+namespace sees them (and /proc/net/*_stats).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import kmod, topology
+from lab.lab import Lab
+from lab.vm.session import VMSession
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPO4 = ROOT / "topologies" / "fullnat-4to4.yaml"
+TOPO6 = ROOT / "topologies" / "fullnat-6to6.yaml"
+
+RS = {4: "192.0.2.11", 6: "2001:db8:5::11"}  # rs1 on the RS side of each lab
+OPT = {4: ("10.0.0.1:1", "10.0.0.2:2"), 6: ("[2001:db8::1]:1", "[2001:db8::2]:2")}
+CIP = {4: "10.0.0.1", 6: "2001:db8::1"}
+VIP = {4: "10.0.0.2", 6: "2001:db8::2"}
+TCP_PORT = 8080
+UDP_PORT = 9000
+
+# the seed's option for 10.0.0.1:1 -> 10.0.0.2:2, IPv4 (type 31, length 16, operation 0)
+OPT44 = "1f100000" "00010002" "0a000001" "0a000002"  # fmt: skip
+
+
+def ep(family: int, addr: str, port: int) -> dict[str, Any]:
+    return {"family": f"ipv{family}", "addr": addr, "port": port}
+
+
+def expect(what: str, seen: object, want: object) -> None:
+    assert seen == want, f"{what}: expected {want!r}, saw {seen!r}"
+
+
+@dataclass
+class Rig:
+    vm: VMSession
+    art: kmod.Artifacts
+    labs: dict[int, Lab]  # outer family -> lab
+
+    def ensure(self, *, toa: bool, uoa: bool) -> None:
+        """Load or unload the modules so that exactly the wanted ones are in."""
+        have = kmod.loaded(self.vm)
+        for name, want in (("toa", toa), ("uoa", uoa)):
+            if want and name not in have:
+                kmod.load(self.vm, name, self.art)
+            elif not want and name in have:
+                kmod.unload(self.vm, name)
+        expect("loaded modules", kmod.loaded(self.vm), {n for n, w in (("toa", toa), ("uoa", uoa)) if w})
+
+    def quiet_toa(self, timeout: float = 10.0) -> dict[str, int]:
+        """toa stats once no socket holds an entry (the last test's sockets are gone)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = kmod.stats(self.vm, "toa")
+            if st.get("entries") == 0 or time.monotonic() > deadline:
+                expect("toa entries before the test", st.get("entries"), 0)
+                return st
+            time.sleep(0.1)
+
+    def tcp(self, outer: int, clients: list[kmod.Client], **kw: Any) -> list[kmod.Exchange]:
+        return kmod.exchanges(self.labs[outer], "tcp", "rs1", "lb", RS[outer], TCP_PORT, clients,
+                              artifacts=self.art, **kw)  # fmt: skip
+
+    def udp(self, outer: int, clients: list[kmod.Client], **kw: Any) -> list[kmod.Exchange]:
+        clients = [kmod.Client(c.opt, c.raw_opt, ("--once", *c.extra)) for c in clients]
+        return kmod.exchanges(self.labs[outer], "udp", "rs1", "lb", RS[outer], UDP_PORT, clients,
+                              artifacts=self.art, **kw)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[Rig]:
+    if os.geteuid() != 0:
+        pytest.fail("the VM tests need root (9p export of /, namespaces in the guest)")
+    art = kmod.build()
+    tag = os.getpid() % 100000
+    with VMSession(progress=None) as vm:
+        expect("guest kernel vs the one the modules were built for", vm.release, art.release)
+        with (
+            vm.lab(topology.load(TOPO4), name=f"km4-{tag}") as lab4,
+            vm.lab(topology.load(TOPO6), name=f"km6-{tag}") as lab6,
+        ):
+            rig = Rig(vm, art, {4: lab4, 6: lab6})
+            rig.ensure(toa=True, uoa=True)
+            yield rig
+
+
+def real(ex: kmod.Exchange) -> dict[str, Any]:
+    """The client's real address: what its own getsockname said after connect."""
+    return ex.client_event("connect")["sock"]
+
+
+# -- the seed's demo ---------------------------------------------------------------------------
+def test_seed_demo_across_namespaces(rig: Rig) -> None:
+    """lb: set_ip_opt(10.0.0.1:1 -> 10.0.0.2:2), connect to rs1; rs1's server prints them."""
+    rig.ensure(toa=True, uoa=True)
+    ex = rig.tcp(4, [kmod.Client(opt=("10.0.0.1:1", "10.0.0.2:2"))])[0]
+    expect("client set_ip_opt", ex.client_event("set_ip_opt")["ok"], True)
+    expect("client connected to rs1", ex.client_event("connect")["peer"], ep(4, RS[4], TCP_PORT))
+    ev = ex.event
+    expect("server getpeername", ev["peer"], ep(4, "10.0.0.1", 1))
+    expect("server getsockname", ev["sock"], ep(4, "10.0.0.2", 2))
+    expect("server accept() address", ev["accept"], ep(4, "10.0.0.1", 1))
+    expect("server TOA_SO_GET_LOOKUP", ev["lookup"],
+           {"client": ep(4, "10.0.0.1", 1), "vip": ep(4, "10.0.0.2", 2)})  # fmt: skip
+    assert real(ex)["addr"] != "10.0.0.1", f"the client really is {real(ex)}, not 10.0.0.1"
+
+
+# -- every outer x inner x protocol ----------------------------------------------------------
+def _tcp_view(outer: int, inner: int, addr: str, port: int) -> tuple[dict[str, Any], int]:
+    """What getpeername/getsockname return on the RS for an inner address, and its length."""
+    if outer == 4 and inner == 4:
+        return ep(4, addr, port), 16
+    if inner == 6:
+        return ep(6, addr, port), 28  # 6to4 on an IPv4 socket too: sockaddr_in6, 28
+    return ep(6, f"::ffff:{addr}", port), 28  # IPv4 inside an IPv6 socket: v4-mapped
+
+
+COMBOS = [(p, o, i) for p in ("tcp", "udp") for o in (4, 6) for i in (4, 6)]
+
+
+@pytest.mark.parametrize(("proto", "outer", "inner"), COMBOS,
+                         ids=[f"{p}-outer{o}-inner{i}" for p, o, i in COMBOS])  # fmt: skip
+def test_family_combination(rig: Rig, proto: str, outer: int, inner: int) -> None:
+    rig.ensure(toa=True, uoa=True)
+    mod = "toa" if proto == "tcp" else "uoa"
+    before = kmod.stats(rig.vm, mod)
+    client = kmod.Client(opt=OPT[inner])
+    ex = (rig.tcp if proto == "tcp" else rig.udp)(outer, [client])[0]
+    after = kmod.stats(rig.vm, mod)
+    ev = ex.event
+    lookup = {"client": ep(inner, CIP[inner], 1), "vip": ep(inner, VIP[inner], 2)}
+    if proto == "tcp":
+        peer, plen = _tcp_view(outer, inner, CIP[inner], 1)
+        sock, slen = _tcp_view(outer, inner, VIP[inner], 2)
+        expect("getpeername", (ev["peer"], ev["peer_len"]), (peer, plen))
+        expect("getsockname", (ev["sock"], ev["sock_len"]), (sock, slen))
+        expect("accept() address", (ev["accept"], ev["accept_len"]), (peer, plen))
+        expect("TOA_SO_GET_LOOKUP", (ev["lookup"], ev["lookup_error"]), (lookup, None))
+    else:
+        # UDP has no connection to rewrite: the datagram shows the LB, the lookup the client
+        expect("recvfrom address (the LB, unchanged)", ev["peer"], real(ex))
+        expect("datagram destination", ev["sock"], ep(outer, RS[outer], UDP_PORT))
+        expect("UOA_SO_GET_LOOKUP", (ev["lookup"], ev["lookup_error"]), (lookup, None))
+    key = f"parsed_v{outer}_in{inner}"
+    expect(f"{mod} {key} delta", after[key] - before[key], 1)
+    others = {k: after[k] - before[k] for k in after if k.startswith("parsed_") and k != key}
+    expect(f"{mod} other parsed_* deltas", others, dict.fromkeys(others, 0))
+
+
+@pytest.mark.parametrize("inner", [4, 6])
+def test_ipv4_connection_on_a_dual_stack_listener(rig: Rig, inner: int) -> None:
+    """An IPv4 connection to a server listening on :: (v4-mapped socket)."""
+    rig.ensure(toa=True, uoa=True)
+    ev = rig.tcp(4, [kmod.Client(opt=OPT[inner])], server_family="-6")[0].event
+    peer = ep(6, CIP[6], 1) if inner == 6 else ep(6, f"::ffff:{CIP[4]}", 1)
+    sock = ep(6, VIP[6], 2) if inner == 6 else ep(6, f"::ffff:{VIP[4]}", 2)
+    expect("getpeername on a v4-mapped socket", (ev["peer"], ev["peer_len"]), (peer, 28))
+    expect("getsockname on a v4-mapped socket", (ev["sock"], ev["sock_len"]), (sock, 28))
+    ev = rig.udp(4, [kmod.Client(opt=OPT[inner])], server_family="-6")[0].event
+    expect("UOA lookup on a dual-stack UDP socket", ev["lookup"],
+           {"client": ep(inner, CIP[inner], 1), "vip": ep(inner, VIP[inner], 2)})  # fmt: skip
+
+
+# -- without the modules ------------------------------------------------------------------------
+@pytest.mark.parametrize("outer", [4, 6])
+def test_without_the_modules_the_server_sees_the_real_addresses(rig: Rig, outer: int) -> None:
+    rig.ensure(toa=False, uoa=False)
+    try:
+        ex = rig.tcp(outer, [kmod.Client(opt=OPT[outer])])[0]
+        ev = ex.event
+        expect("client set_ip_opt", ex.client_event("set_ip_opt")["ok"], True)
+        expect("getpeername without toa (the LB)", ev["peer"], real(ex))
+        expect("accept() without toa", ev["accept"], real(ex))
+        expect("getsockname without toa (rs1 itself)", ev["sock"], ep(outer, RS[outer], TCP_PORT))
+        expect("TOA lookup without toa", (ev["lookup"], ev["lookup_error"]), (None, "ENOPROTOOPT"))
+        ex = rig.udp(outer, [kmod.Client(opt=OPT[outer])])[0]
+        ev = ex.event
+        expect("UDP source without uoa", ev["peer"], real(ex))
+        expect("UOA lookup without uoa", (ev["lookup"], ev["lookup_error"]), (None, "ENOPROTOOPT"))
+    finally:
+        rig.ensure(toa=True, uoa=True)
+
+
+# -- stats -------------------------------------------------------------------------------------
+def test_stats_move_by_the_exact_deltas(rig: Rig) -> None:
+    """A connection without the option, then one with it; a datagram without, one with."""
+    rig.ensure(toa=True, uoa=True)
+    t0 = rig.quiet_toa()
+    plain, tagged = rig.tcp(4, [kmod.Client(), kmod.Client(opt=OPT[4])])
+    expect("plain connection: getpeername", plain.event["peer"], real(plain))
+    expect("plain connection: lookup", plain.event["lookup_error"], "ENOENT")
+    expect("tagged connection: getpeername", tagged.event["peer"], ep(4, CIP[4], 1))
+    t1 = rig.quiet_toa()  # both sockets closed: the entry is freed
+    # getname: accept + getpeername + getsockname of the tagged socket are hits.  The
+    # tagged client's own getsockname after connect is a miss if the server's child
+    # (and so the entry) already exists by then: a race between the two CPUs.
+    d = kmod.delta(t0, t1)
+    miss = d.pop("getname_miss", 0)
+    assert miss in (0, 1), f"expected getname_miss to move by 0 or 1 (the client's getsockname), saw {miss}"
+    want = {
+        "syn_recv_v4": 2, "missing": 1, "parsed_v4_in4": 1, "inserted": 1, "freed": 1,
+        "getname_hit": 3, "lookup_hit": 1, "lookup_miss": 1,
+    }  # fmt: skip
+    expect("toa_stats deltas", d, want)
+
+    u0 = kmod.stats(rig.vm, "uoa")
+    plain, tagged = rig.udp(4, [kmod.Client(), kmod.Client(opt=OPT[4])])
+    u1 = kmod.stats(rig.vm, "uoa")
+    expect("plain datagram: lookup", plain.event["lookup_error"], "ENOENT")
+    expect("tagged datagram: lookup client", tagged.event["lookup"]["client"], ep(4, CIP[4], 1))
+    want = {"missing": 1, "parsed_v4_in4": 1, "inserted": 1, "entries": 1, "lookup_hit": 1, "lookup_miss": 1}
+    expect("uoa_stats deltas", kmod.delta(u0, u1), want)
+
+
+def test_uoa_entry_expires(rig: Rig) -> None:
+    rig.ensure(toa=True, uoa=True)
+    param = "/sys/module/uoa/parameters/uoa_map_timeout"
+    rig.vm.sh(f"echo 1 > {param}", check=True)
+    try:
+        bind = ("--bind", "192.0.2.1:40000")  # the same flow both times
+        first = rig.udp(4, [kmod.Client(opt=OPT[4], extra=bind)])[0].event
+        expect("lookup while fresh", first["lookup"] and first["lookup"]["client"], ep(4, CIP[4], 1))
+        time.sleep(2.5)
+        u0 = kmod.stats(rig.vm, "uoa")
+        second = rig.udp(4, [kmod.Client(extra=bind)])[0].event
+        u1 = kmod.stats(rig.vm, "uoa")
+        expect("lookup after uoa_map_timeout", (second["lookup"], second["lookup_error"]), (None, "ENOENT"))
+        d = kmod.delta(u0, u1)
+        expect("uoa lookup_miss after expiry", d.get("lookup_miss"), 1)
+    finally:
+        rig.vm.sh(f"echo 60 > {param}", check=True)
+
+
+# -- malformed options ---------------------------------------------------------------------------
+# (name, outer, raw option bytes, toa counter).  The kernel itself drops a packet
+# whose options overrun their space (ip_options_compile, ip6_parse_tlv), so a
+# "truncated" option reaches TOA only as one whose length byte is too short.
+MALFORMED = [
+    ("operation-bit-says-ipv6-length-16", 4, "1f100100" "00010002" "0a000001" "0a000002",
+     "malformed_operation"),
+    ("length-12", 4, "1f0c0000" "00010002" "0a000001", "malformed_length"),
+    ("truncated-to-8-bytes", 4, "1f080000" "00010002", "malformed_length"),
+    ("ipv6-optlen-10", 6, "06011f0a" "00010002" "0a000001" "0a00" "0100", "malformed_length"),
+    # 40-byte header holding the 16-byte inner-IPv4 form, then option 0x1e and PadN
+    ("ipv6-hdrlen-4-for-inner-ipv4", 6, "06041f0c" "00010002" "0a000001" "0a000002"
+     "1e14" + "00" * 20 + "0100", "malformed_hdrlen"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "outer", "raw", "counter"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_option_is_counted_and_ignored(rig: Rig, name: str, outer: int, raw: str,
+                                                 counter: str) -> None:  # fmt: skip
+    rig.ensure(toa=True, uoa=True)
+    t0 = rig.quiet_toa()
+    ex = rig.tcp(outer, [kmod.Client(raw_opt=raw)])[0]
+    t1 = rig.quiet_toa()
+    expect(f"{name}: client set_raw_opt", ex.client_event("set_raw_opt")["ok"], True)
+    expect(f"{name}: getpeername (the real LB, not the option)", ex.event["peer"], real(ex))
+    expect(f"{name}: getsockname", ex.event["sock"], ep(outer, RS[outer], TCP_PORT))
+    expect(f"{name}: lookup", ex.event["lookup_error"], "ENOENT")
+    want = {f"syn_recv_v{outer}": 1, counter: 1, "lookup_miss": 1}
+    expect(f"{name}: toa_stats deltas", kmod.delta(t0, t1), want)
+
+
+def test_malformed_option_on_udp_is_counted_and_ignored(rig: Rig) -> None:
+    rig.ensure(toa=True, uoa=True)
+    u0 = kmod.stats(rig.vm, "uoa")
+    ex = rig.udp(4, [kmod.Client(raw_opt=MALFORMED[0][2])])[0]
+    u1 = kmod.stats(rig.vm, "uoa")
+    expect("datagram source", ex.event["peer"], real(ex))
+    expect("UOA lookup", (ex.event["lookup"], ex.event["lookup_error"]), (None, "ENOENT"))
+    expect("uoa_stats deltas", kmod.delta(u0, u1), {"malformed_operation": 1, "lookup_miss": 1})
+
+
+@pytest.mark.parametrize("before", ["01010101", "1e040000"], ids=["after-nops", "after-option-30"])
+def test_option_31_among_other_ipv4_options(rig: Rig, before: str) -> None:
+    rig.ensure(toa=True, uoa=True)
+    ev = rig.tcp(4, [kmod.Client(raw_opt=before + OPT44)])[0].event
+    expect("getpeername", ev["peer"], ep(4, CIP[4], 1))
+    expect("getsockname", ev["sock"], ep(4, VIP[4], 2))
+
+
+# -- load / unload under traffic ----------------------------------------------------------------
+CYCLES = 5
+
+
+def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None:
+    rig.ensure(toa=True, uoa=True)
+    lab, art = rig.labs[4], rig.art
+    c, v = OPT[4]
+    tcp_srv = lab.spawn("rs1", [art.bin("tcp_server"), "--json", "--timeout", "2", "8081"])
+    udp_srv = lab.spawn("rs1", [art.bin("udp_server"), "--json", "9001"])
+    live_srv = lab.spawn("rs1", [art.bin("tcp_server"), "--json", "--once", "--timeout", "10", "8082"])
+    jobs = [tcp_srv, udp_srv, live_srv]
+    try:
+        for j, what in zip(jobs, ("tcp", "udp", "live tcp"), strict=True):
+            kmod.wait_for(j, '"event":"listening"', 15.0, f"{what} server")
+        # traffic: TCP connections and datagrams with the option, until told to stop
+        load = lab.spawn("lb", ["sh", "-c",
+            f"while [ ! -e /tmp/kmod-stop ]; do "
+            f"{art.bin('tcp_client')} --json --once --opt {c} {v} {RS[4]} 8081 >/dev/null 2>&1 "
+            f"&& echo tcp-ok; "
+            f"{art.bin('udp_client')} --json --once --opt {c} {v} {RS[4]} 9001 >/dev/null 2>&1 "
+            f"&& echo udp-ok; done"])  # fmt: skip
+        jobs.append(load)
+        # a connection that stays open (3 sends 1.5 s apart) while toa goes away
+        live = lab.spawn("lb", [art.bin("tcp_client"), "--json", "--count", "3", "--interval-ms", "1500",
+                                "--opt", c, v, RS[4], "8082"])  # fmt: skip
+        jobs.append(live)
+        kmod.wait_for(live_srv, '"event":"accept"', 15.0, "the live connection")
+        entries = kmod.stats(rig.vm, "toa")["entries"]
+        assert entries >= 1, f"expected the live connection to hold a toa entry, saw entries {entries}"
+        ko = {m: art.module(m) for m in kmod.MODULES}
+        cycles = rig.vm.sh(
+            f"set -e; for i in $(seq {CYCLES}); do sleep 0.4; "
+            f"rmmod toa; rmmod uoa; sleep 0.2; insmod {ko['toa']}; insmod {ko['uoa']}; "
+            "echo cycle-$i; done",
+            timeout=120,
+        )  # fmt: skip
+        expect("insmod/rmmod cycles (exit, errors)", (cycles.returncode, cycles.stderr), (0, ""))
+        expect("cycles done", cycles.stdout.split(), [f"cycle-{i}" for i in range(1, CYCLES + 1)])
+        expect("live client exit", live.wait(30), 0)
+        done = [e for e in kmod.events(live.output()[0]) if e.get("event") == "done"]
+        expect("live connection survived rmmod (client's done event)", done, [{"event": "done",
+               "sent": 3, "bytes": 192}])  # fmt: skip
+        expect("live server exit", live_srv.wait(30), 0)
+        closes = [e for e in kmod.events(live_srv.output()[0]) if e.get("event") == "close"]
+        expect("live server read all (bytes)", [e.get("bytes") for e in closes], [192])
+        time.sleep(0.5)
+        rig.vm.sh("touch /tmp/kmod-stop", check=True)
+        expect("traffic loop exit", load.wait(30), 0)
+        out = load.output()[0].split()
+        tcp_ok, udp_ok = out.count("tcp-ok"), out.count("udp-ok")
+        assert tcp_ok >= CYCLES and udp_ok >= CYCLES, (
+            f"expected traffic to flow through the cycles (>= {CYCLES} TCP and UDP exchanges each), "
+            f"saw {tcp_ok} TCP and {udp_ok} UDP"
+        )
+    finally:
+        rig.vm.sh("rm -f /tmp/kmod-stop")
+        for j in jobs:
+            if j.running:
+                j.terminate()
+    expect("modules after the cycles", kmod.loaded(rig.vm), {"toa", "uoa"})
+    ev = rig.tcp(4, [kmod.Client(opt=OPT[4])])[0].event
+    expect("getpeername after the cycles", ev["peer"], ep(4, CIP[4], 1))
+    expect("kernel log after the cycles (WARNING/BUG/Oops)", kmod.dmesg_problems(rig.vm), [])
+
+
+# -- the C test on the guest kernel, and the kernel log ------------------------------------------
+def test_c_test_on_the_guest_kernel(rig: Rig) -> None:
+    r = rig.vm.run([rig.art.bin("test_toa_opt")], timeout=60)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    m = re.fullmatch(r".*?(\d+) passed, (\d+) failed", last)
+    assert m and r.returncode == 0 and m.group(2) == "0" and int(m.group(1)) > 0, (
+        f"expected test_toa_opt on {rig.vm.release} to end 'N passed, 0 failed' with exit 0, "
+        f"saw exit {r.returncode}, last line {last!r}; failures: "
+        + "; ".join(line for line in r.stdout.splitlines() if line.startswith("not ok"))
+    )
+
+
+def test_kernel_log_is_clean(rig: Rig) -> None:
+    kmod.unload(rig.vm, "toa")
+    kmod.unload(rig.vm, "uoa")
+    expect("kernel log at the end (WARNING/BUG/Oops)", kmod.dmesg_problems(rig.vm), [])
