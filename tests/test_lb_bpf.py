@@ -1,0 +1,465 @@
+"""bpf/lb.c under BPF_PROG_TEST_RUN: fullnat forward with option insertion,
+the reverse path, NAT64, option stripping, MSS clamping, malformed input.
+
+Each test loads the real object into the running kernel, configures its maps
+as lab/lb.py does (lab.lb.tables), runs scapy-built frames through it -- a
+whole exchange in one load, so flow state carries over from packet to
+packet -- and checks the frames that come out: MACs, addresses, ports, IP
+and L4 checksums by full recomputation, and the option bytes against the
+reference codec (lab/wire.py) and the scapy layer (lab/scapy_toa.py).
+A one-port local range makes the allocated local port predictable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP, IPOption
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
+
+from lab import bpf, lb, scapy_toa, wire
+
+pytestmark = pytest.mark.bpf
+
+RS_IFINDEX = 7
+CLIENT_MAC, LB0_MAC = "02:00:00:00:0c:01", "02:00:00:00:1b:00"
+LB1_MAC, RS_MAC = "02:00:00:00:1b:01", "02:00:00:00:05:11"
+ADDR = {
+    4: {"cip": "198.51.100.10", "vip": "203.0.113.10", "lip": "192.0.2.2", "rip": "192.0.2.11"},
+    6: {"cip": "2001:db8:c::10", "vip": "2001:db8:f::10", "lip": "2001:db8:5::2", "rip": "2001:db8:5::11"},
+}
+VPORT, RPORT, LPORT, CPORT = 80, 8080, 40000, 33333
+FAMILIES = [(4, 4), (6, 6), (6, 4), (4, 6)]  # (client side, RS side)
+PROTOS = {"tcp": 6, "udp": 17}
+
+
+@pytest.fixture(scope="module")
+def obj() -> Path:
+    return bpf.obj_path(lb.BPF_OBJ)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    cfam: int
+    rfam: int
+    opt_pkts: int = 1
+    mss_syn: int = 0
+    mss_synack: int = 0
+    lport_max: int = LPORT
+
+    @property
+    def cip(self) -> str:
+        return ADDR[self.cfam]["cip"]
+
+    @property
+    def vip(self) -> str:
+        return ADDR[self.cfam]["vip"]
+
+    @property
+    def lip(self) -> str:
+        return ADDR[self.rfam]["lip"]
+
+    @property
+    def rip(self) -> str:
+        return ADDR[self.rfam]["rip"]
+
+    def updates(self) -> list[bpf.MapUpdate]:
+        svcs = []
+        rs = lb.Rs(self.rip, RPORT, RS_IFINDEX, LB1_MAC, RS_MAC)
+        for proto in PROTOS.values():
+            svc = lb.Svc(
+                self.vip,
+                VPORT,
+                proto,
+                id=0,
+                n_rs=1,
+                n_local=1,
+                rs_family=self.rfam,
+                opt_pkts=self.opt_pkts,
+                mss_syn=self.mss_syn,
+                mss_synack=self.mss_synack,
+            )
+            svcs.append((svc, [rs], [self.lip]))
+        cfg = lb.Cfg(lport_min=LPORT, lport_max=self.lport_max)
+        return lb.tables(svcs, cfg, {RS_IFINDEX: lb.PORT_RS})
+
+    def option(self, cport: int = CPORT) -> wire.AddrOption:
+        return wire.AddrOption(self.cip, cport, self.vip, VPORT)
+
+    def l3(self, fam: int, src: str, dst: str) -> IP | IPv6:
+        return IP(src=src, dst=dst, ttl=61) if fam == 4 else IPv6(src=src, dst=dst, hlim=61)
+
+    def client(self, l4: object, cport: int = CPORT, l3: object = None) -> bytes:
+        ip = l3 if l3 is not None else self.l3(self.cfam, self.cip, self.vip)
+        return bytes(Ether(src=CLIENT_MAC, dst=LB0_MAC) / ip / l4)
+
+    def rs(self, l4: object, lport: int = LPORT) -> bytes:
+        return bytes(Ether(src=RS_MAC, dst=LB1_MAC) / self.l3(self.rfam, self.rip, self.lip) / l4)
+
+
+def run(obj: Path, sc: Scenario, frames: list[bytes]) -> tuple[list[bpf.XdpResult], dict[str, int]]:
+    res = bpf.run_xdp_many(
+        obj, lb.BPF_PROG, frames, map_updates=sc.updates(), dump_maps=[lb.M_COUNTERS, lb.M_FWD]
+    )
+    return res, lb.counters(res[0].maps[lb.M_COUNTERS])
+
+
+# -- independent checks -------------------------------------------------------------------
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+@dataclass
+class Out:
+    family: int
+    src: str
+    dst: str
+    l3: bytes  # the IP header with options / extension headers
+    proto: int
+    l4: bytes  # header + payload, as long as the IP length fields say
+
+
+def dissect(frame: bytes, l2: int = 14) -> Out:
+    """The L3/L4 of a frame by hand, checking the IP header checksum and
+    that the L4 checksum verifies over pseudo-header + segment."""
+    et = int.from_bytes(frame[l2 - 2 : l2], "big")
+    ip = frame[l2:]
+    if et == 0x0800:
+        ihl = (ip[0] & 0x0F) * 4
+        tot = int.from_bytes(ip[2:4], "big")
+        assert ones_sum(ip[:ihl]) == 0xFFFF, "IPv4 header checksum"
+        src, dst, proto = ip[12:16], ip[16:20], ip[9]
+        l4 = ip[ihl:tot]
+        pseudo = src + dst + bytes([0, proto]) + len(l4).to_bytes(2, "big")
+        out = Out(4, str(ipaddress.IPv4Address(src)), str(ipaddress.IPv4Address(dst)), ip[:ihl], proto, l4)
+    else:
+        assert et == 0x86DD
+        plen = int.from_bytes(ip[4:6], "big")
+        nh, off = ip[6], 40
+        while nh == 60:
+            nh, off = ip[off], off + (ip[off + 1] + 1) * 8
+        src, dst = ip[8:24], ip[24:40]
+        l4 = ip[off : 40 + plen]
+        pseudo = src + dst + len(l4).to_bytes(4, "big") + bytes([0, 0, 0, nh])
+        out = Out(6, str(ipaddress.IPv6Address(src)), str(ipaddress.IPv6Address(dst)), ip[:off], nh, l4)
+    if out.proto == 17:
+        assert l4[6:8] != b"\0\0", "UDP checksum missing"
+    assert ones_sum(pseudo + l4) == 0xFFFF, "L4 checksum does not verify"
+    return out
+
+
+def ports(o: Out) -> tuple[int, int]:
+    return struct.unpack("!HH", o.l4[:4])
+
+
+def l4seg(proto: str, flags: str = "S", payload: bytes = b"", **kw: object) -> object:
+    if proto == "tcp":
+        seg = TCP(sport=kw.pop("sport", CPORT), dport=kw.pop("dport", VPORT), flags=flags, seq=1000, **kw)
+    else:
+        seg = UDP(sport=kw.pop("sport", CPORT), dport=kw.pop("dport", VPORT), **kw)
+    return seg / Raw(payload) if payload else seg
+
+
+def check_forward(sc: Scenario, r: bpf.XdpResult, proto: str, with_opt: bool, payload: bytes = b"") -> Out:
+    assert r.action == "XDP_REDIRECT", r.action
+    eth = Ether(r.data_out)
+    assert (eth.dst, eth.src) == (RS_MAC, LB1_MAC)
+    o = dissect(r.data_out)
+    assert (o.family, o.src, o.dst, o.proto) == (sc.rfam, sc.lip, sc.rip, PROTOS[proto])
+    assert ports(o) == (LPORT, RPORT)
+    found = scapy_toa.extract(eth)
+    if with_opt:
+        assert found is not None, "no option inserted"
+        opt, form = found
+        assert opt == sc.option()
+        assert form == ("ipv4" if sc.rfam == 4 else "ipv6")
+        exp = sc.option().pack_ipv4() if sc.rfam == 4 else sc.option().pack_ipv6(PROTOS[proto])
+        assert o.l3[(20 if sc.rfam == 4 else 40) :] == exp, "option bytes"
+    else:
+        assert found is None, "option where none was due"
+        assert len(o.l3) == (20 if sc.rfam == 4 else 40)
+    if payload:
+        assert o.l4.endswith(payload)
+    return o
+
+
+def check_reverse(sc: Scenario, r: bpf.XdpResult, proto: str) -> Out:
+    assert r.action == "XDP_REDIRECT", r.action
+    eth = Ether(r.data_out)
+    assert (eth.dst, eth.src) == (CLIENT_MAC, LB0_MAC)
+    o = dissect(r.data_out)
+    assert (o.family, o.src, o.dst, o.proto) == (sc.cfam, sc.vip, sc.cip, PROTOS[proto])
+    assert ports(o) == (VPORT, CPORT)
+    assert len(o.l3) == (20 if sc.cfam == 4 else 40)
+    return o
+
+
+# -- forward + reverse, every family combination ----------------------------------------------
+
+
+@pytest.mark.parametrize("cfam,rfam", FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+def test_tcp_handshake_forward_and_reverse(obj: Path, cfam: int, rfam: int) -> None:
+    """SYN, SYN-ACK, ACK (third packet), RS data, client data: the option
+    rides on the SYN and on the third packet; after the RS's first non-SYN
+    segment the client's segments carry none."""
+    sc = Scenario(cfam, rfam)
+    frames = [
+        sc.client(l4seg("tcp", "S")),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="SA", seq=5000, ack=1001)),
+        sc.client(l4seg("tcp", "A", ack=5001)),
+        sc.client(l4seg("tcp", "PA", b"GET / HTTP/1.0\r\n\r\n", ack=5001)),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="A", seq=5001, ack=1019)),
+        sc.client(l4seg("tcp", "PA", b"more", ack=5001)),
+    ]
+    res, c = run(obj, sc, frames)
+    check_forward(sc, res[0], "tcp", True)
+    check_reverse(sc, res[1], "tcp")
+    check_forward(sc, res[2], "tcp", True)
+    check_forward(sc, res[3], "tcp", True, b"GET / HTTP/1.0\r\n\r\n")
+    check_reverse(sc, res[4], "tcp")
+    check_forward(sc, res[5], "tcp", False, b"more")
+    assert c["fwd"] == 4 and c["fwd_opt"] == 3 and c["rev"] == 2 and c["new_flow"] == 1
+    (flow,) = lb.flows(res[0].maps[lb.M_FWD])
+    assert (str(flow.cip), flow.cport, str(flow.vip), flow.vport) == (sc.cip, CPORT, sc.vip, VPORT)
+    assert (str(flow.lip), flow.lport, str(flow.rip), flow.rport) == (sc.lip, LPORT, sc.rip, RPORT)
+    assert flow.pkts == 4 and flow.rs_established
+
+
+@pytest.mark.parametrize("cfam,rfam", FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+@pytest.mark.parametrize("opt_pkts", [1, 3])
+def test_udp_first_n_packets(obj: Path, cfam: int, rfam: int, opt_pkts: int) -> None:
+    sc = Scenario(cfam, rfam, opt_pkts=opt_pkts)
+    frames = [sc.client(l4seg("udp", payload=b"dgram%d" % i)) for i in range(4)]
+    frames.append(sc.rs(UDP(sport=RPORT, dport=LPORT) / Raw(b"reply")))
+    res, c = run(obj, sc, frames)
+    for i in range(4):
+        check_forward(sc, res[i], "udp", i < opt_pkts, b"dgram%d" % i)
+    o = check_reverse(sc, res[4], "udp")
+    assert o.l4.endswith(b"reply")
+    assert c["fwd_opt"] == opt_pkts and c["fwd"] == 4 and c["rev"] == 1
+
+
+def test_new_syn_restarts_insertion(obj: Path) -> None:
+    sc = Scenario(4, 4)
+    frames = [
+        sc.client(l4seg("tcp", "S")),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="A")),
+        sc.client(l4seg("tcp", "A")),
+        sc.client(l4seg("tcp", "S")),
+    ]
+    res, _ = run(obj, sc, frames)
+    check_forward(sc, res[2], "tcp", False)
+    check_forward(sc, res[3], "tcp", True)
+
+
+def test_two_flows_get_two_local_ports(obj: Path) -> None:
+    sc = Scenario(4, 4, lport_max=LPORT + 100)
+    res, c = run(obj, sc, [sc.client(l4seg("udp", sport=p)) for p in (1111, 2222, 1111)])
+    a, b, a2 = (ports(dissect(r.data_out))[0] for r in res)
+    assert a != b and a == a2 and all(LPORT <= p <= LPORT + 100 for p in (a, b))
+    assert c["new_flow"] == 2
+
+
+def test_local_ports_exhausted(obj: Path) -> None:
+    sc = Scenario(4, 4)  # one local port
+    res, c = run(obj, sc, [sc.client(l4seg("udp", sport=p)) for p in (1111, 2222)])
+    assert res[0].action == "XDP_REDIRECT" and res[1].action == "XDP_DROP"
+    assert c["no_port"] == 1
+
+
+# -- not ours ----------------------------------------------------------------------------
+
+
+def test_non_service_traffic_passes(obj: Path) -> None:
+    sc = Scenario(4, 4)
+    frames = [
+        sc.client(l4seg("tcp", dport=22)),  # another port of the VIP
+        bytes(Ether(src=CLIENT_MAC, dst=LB0_MAC) / IP(src=sc.cip, dst="198.51.100.1") / UDP()),
+        bytes(Ether(src=CLIENT_MAC) / ARP(pdst=sc.vip)),
+        sc.rs(TCP(sport=RPORT, dport=LPORT + 1, flags="A")),  # no such flow
+        sc.client(b"\x01\x02", l3=IP(src=sc.cip, dst=sc.vip, proto=132)),  # SCTP: unknown protocol
+    ]
+    res, c = run(obj, sc, frames)
+    for r, f in zip(res, frames, strict=True):
+        assert r.action == "XDP_PASS" and r.data_out == f
+    assert c["pass"] == 5 and c["fwd"] == 0
+
+
+# -- option stripping ------------------------------------------------------------------------
+
+
+def _ipopt31(opt: wire.AddrOption) -> IPOption:
+    return IPOption(opt.pack_ipv4())
+
+
+def test_client_option31_removed_ipv4(obj: Path) -> None:
+    """A client forging its own option 31 (and other options): the header is
+    rebuilt, only the LB's option reaches the RS."""
+    sc = Scenario(4, 4)
+    forged = wire.AddrOption("10.6.6.6", 666, "10.7.7.7", 777)
+    ip = IP(src=sc.cip, dst=sc.vip, options=[IPOption(b"\x01"), _ipopt31(forged), IPOption(b"\x01\x00\x00")])
+    assert ip.ihl is None and len(bytes(ip)) > 20
+    res, c = run(obj, sc, [sc.client(l4seg("tcp", "S"), l3=ip)])
+    o = check_forward(sc, res[0], "tcp", True)
+    assert forged.pack_ipv4() not in o.l3
+    assert c["client_ipopt"] == 1
+
+
+def test_client_option31_removed_ipv6(obj: Path) -> None:
+    sc = Scenario(6, 6)
+    forged = wire.AddrOption("2001:db8::666", 666, "2001:db8::777", 777)
+    ip = IPv6(src=sc.cip, dst=sc.vip) / scapy_toa.ipv6_dstopt(forged, 6)
+    res, c = run(obj, sc, [sc.client(l4seg("tcp", "S"), l3=ip)])
+    o = check_forward(sc, res[0], "tcp", True)
+    assert forged.pack_ipv6(6)[4:] not in o.l3
+    assert c["client_ipopt"] == 1
+
+
+def test_client_option31_to_non_service_dropped(obj: Path) -> None:
+    sc = Scenario(4, 4)
+    opt = sc.option()
+    frames = [
+        sc.client(l4seg("tcp", dport=22), l3=IP(src=sc.cip, dst="198.51.100.1", options=[_ipopt31(opt)])),
+        sc.client(
+            l4seg("udp", dport=53),
+            l3=IPv6(src=ADDR[6]["cip"], dst="2001:db8:c::1")
+            / scapy_toa.ipv6_dstopt(wire.AddrOption(ADDR[6]["cip"], 1, ADDR[6]["vip"], 2), 17),
+        ),
+    ]
+    res, c = run(obj, sc, frames)
+    assert [r.action for r in res] == ["XDP_DROP", "XDP_DROP"]
+    assert c["opt31_drop"] == 2
+
+
+def test_option31_from_rs_port_passes(obj: Path) -> None:
+    """On a port configured as RS side, option-carrying traffic for the lb
+    itself is the kernel's business (the lab's RS never sends any)."""
+    sc = Scenario(4, 4)
+    f = sc.client(l4seg("tcp", dport=22), l3=IP(src=sc.rip, dst=sc.lip, options=[_ipopt31(sc.option())]))
+    as_rs = bpf.MapUpdate(lb.M_PORTS, lb.u32(1), lb.u32(lb.PORT_RS))  # the test run's port: lo, 1
+    r = bpf.run_xdp(obj, lb.BPF_PROG, f, map_updates=[*sc.updates(), as_rs])
+    assert r.action == "XDP_PASS"
+
+
+# -- MSS -----------------------------------------------------------------------------------
+
+
+def _mss(frame: bytes, l2: int = 14) -> int | None:
+    o = dissect(frame, l2)
+    for kind, val in TCP(o.l4).options:
+        if kind == "MSS":
+            return int(val)
+    return None
+
+
+@pytest.mark.parametrize("cfam,rfam", FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+def test_mss_clamped_in_syn_and_synack(obj: Path, cfam: int, rfam: int) -> None:
+    syn_c, synack_c = lb.mss_rules(cfam, rfam, 1500, 1500, vxlan=False)
+    sc = Scenario(cfam, rfam, mss_syn=syn_c, mss_synack=synack_c)
+    opts = [("NOP", None), ("MSS", 1460), ("SAckOK", b""), ("WScale", 7)]  # MSS at an odd offset
+    frames = [
+        sc.client(l4seg("tcp", "S", options=opts)),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="SA", options=[("MSS", 1460), ("NOP", None)])),
+        sc.client(l4seg("tcp", "S", options=[("MSS", 100)])),  # already small: untouched
+    ]
+    res, c = run(obj, sc, frames)
+    assert _mss(res[0].data_out) == min(1460, syn_c)
+    assert _mss(res[1].data_out) == min(1460, synack_c)
+    assert _mss(res[2].data_out) == 100
+    # the clamped SYN-ACK MSS lets a full client segment carry the option within 1500
+    assert synack_c + 20 + (20 if rfam == 4 else 40) + (16 if cfam == 4 else 40) <= 1500
+    assert c["mss_clamp"] == (1 if syn_c < 1460 else 0) + (1 if synack_c < 1460 else 0)
+
+
+def test_full_size_segment_with_option_fits_mtu(obj: Path) -> None:
+    """6to4 worst case: a full client segment per the clamped MSS, optioned, is
+    exactly within 1500 bytes on the RS side."""
+    _, synack = lb.mss_rules(6, 4, 1500, 1500, vxlan=False)
+    sc = Scenario(6, 4, mss_synack=synack)
+    res, _ = run(obj, sc, [sc.client(l4seg("tcp", "PA", b"x" * synack))])
+    assert len(res[0].data_out) - 14 == 1500
+
+
+# -- malformed input -------------------------------------------------------------------------
+
+
+def test_malformed_input(obj: Path) -> None:
+    sc = Scenario(4, 4)
+    syn = sc.client(l4seg("tcp", "S"))
+    bad_ihl = bytearray(syn)
+    bad_ihl[14] = 0x4F  # IHL 15: header runs into the TCP header, past the end
+    frames = [
+        syn[: 14 + 10],  # truncated IPv4 header
+        syn[: 14 + 20 + 10],  # truncated TCP header
+        bytes(bad_ihl[: 14 + 40]),
+        sc.client(b"", l3=IP(src=sc.cip, dst=sc.vip, proto=17)) + b"\0\x50",  # 2 bytes of UDP
+        bytes(
+            Ether(src=CLIENT_MAC, dst=LB0_MAC) / IPv6(src=ADDR[6]["cip"], dst=ADDR[6]["vip"], nh=6, plen=20)
+        ),
+    ]
+    bad_len = bytearray(syn)
+    bad_len[16:18] = (2000).to_bytes(2, "big")  # tot_len past the frame
+    frames.append(bytes(bad_len))
+    bad_doff = bytearray(syn)
+    bad_doff[14 + 20 + 12] = 0x30  # TCP doff 3
+    frames.append(bytes(bad_doff))
+    res, c = run(obj, sc, frames)
+    assert [r.action for r in res] == ["XDP_DROP"] * len(frames)
+    assert c["malformed"] == len(frames) and c["fwd"] == 0
+
+
+def test_fragments_to_vip_dropped(obj: Path) -> None:
+    sc = Scenario(4, 4)
+    first = sc.client(l4seg("udp", payload=b"a" * 64), l3=IP(src=sc.cip, dst=sc.vip, flags="MF"))
+    later = sc.client(Raw(b"b" * 64), l3=IP(src=sc.cip, dst=sc.vip, proto=17, frag=9))
+    f6 = bytes(
+        Ether(src=CLIENT_MAC, dst=LB0_MAC)
+        / IPv6(src=ADDR[6]["cip"], dst=ADDR[6]["vip"])
+        / IPv6ExtHdrFragment(nh=17, m=1)
+        / UDP(sport=CPORT, dport=VPORT)
+        / Raw(b"c" * 64)
+    )
+    other = sc.client(Raw(b"d" * 8), l3=IP(src=sc.cip, dst="198.51.100.1", proto=17, frag=9))
+    sc6 = Scenario(6, 6)
+    res, c = run(obj, sc, [first, later, other])
+    assert [r.action for r in res] == ["XDP_DROP", "XDP_DROP", "XDP_PASS"]
+    assert c["frag"] == 2
+    res6, c6 = run(obj, sc6, [f6])
+    assert res6[0].action == "XDP_DROP" and c6["frag"] == 1
+
+
+def test_ipv4_udp_without_checksum(obj: Path) -> None:
+    """UDP checksum 0 stays 0 towards IPv4; towards IPv6 it cannot (mandatory there)."""
+    sc = Scenario(4, 4)
+    f = bytearray(sc.client(l4seg("udp", payload=b"zero")))
+    f[14 + 20 + 6 : 14 + 20 + 8] = b"\0\0"
+    res, _ = run(obj, sc, [bytes(f)])
+    assert res[0].action == "XDP_REDIRECT"
+    out = Ether(res[0].data_out)
+    assert out[UDP].chksum == 0 and bytes(out[UDP].payload) == b"zero"
+    res6, c6 = run(obj, Scenario(4, 6), [bytes(f)])
+    assert res6[0].action == "XDP_DROP" and c6["udp_nocsum"] == 1
+
+
+def test_ipv6_dstopt_header_form(obj: Path) -> None:
+    """Outer IPv6: a Destination Options header, nexthdr 60 -> 60 -> L4,
+    exactly as scapy's reference layer builds it."""
+    sc = Scenario(4, 6)
+    res, _ = run(obj, sc, [sc.client(l4seg("udp", payload=b"p"))])
+    pkt = Ether(res[0].data_out)
+    assert pkt[IPv6].nh == 60
+    assert bytes(pkt[IPv6ExtHdrDestOpt])[:16] == bytes(scapy_toa.ipv6_dstopt(sc.option(), 17))[:16]
+    assert isinstance(pkt[IPv6ExtHdrDestOpt].payload, UDP)
