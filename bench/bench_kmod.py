@@ -13,7 +13,9 @@ rs1 the meter:
 3. UDP receive rate: D datagrams sent as fast as possible, datagrams/s
    received; with and without uoa.ko.
 Rounds alternate the order (unloaded first, then loaded first, ...); the
-figures are medians over rounds.  Target: loaded >= 0.95 x unloaded (for the
+figures are medians over rounds, printed with their spread: under TCG on a
+shared 2-core host one configuration varies by up to ~1.8x between rounds,
+so a ratio from a few rounds is indicative, not a verdict.  Target: loaded >= 0.95 x unloaded (for the
 getpeername cost: unloaded ns / loaded ns).  Each loaded run also checks the
 module was really in the path (the rewritten peer, the parse counters).
 --strict exits 1 when a ratio misses the target.
@@ -124,10 +126,10 @@ class Bench:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--conns", type=int, default=300, help="TCP connections per run")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=200, help="TCP connections per run")
     ap.add_argument("--calls", type=int, default=20000, help="getpeername calls per run")
-    ap.add_argument("--datagrams", type=int, default=20000, help="UDP datagrams per run")
+    ap.add_argument("--datagrams", type=int, default=15000, help="UDP datagrams per run")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 if a ratio misses the target")
     args = ap.parse_args()
@@ -157,11 +159,15 @@ def main() -> int:
         accel = vm.accel
 
     med = statistics.median
-    rows = [
-        ("TCP accept + getpeername (conn/s)", med(unloaded.accept_per_s), med(loaded.accept_per_s), False),
-        ("getpeername (ns/call)", med(unloaded.getpeername_ns), med(loaded.getpeername_ns), True),
-        ("UDP received (datagrams/s)", med(unloaded.udp_rx_per_s), med(loaded.udp_rx_per_s), False),
+    series = [
+        ("TCP accept + getpeername (conn/s)", unloaded.accept_per_s, loaded.accept_per_s, False),
+        ("getpeername (ns/call)", unloaded.getpeername_ns, loaded.getpeername_ns, True),
+        ("UDP received (datagrams/s)", unloaded.udp_rx_per_s, loaded.udp_rx_per_s, False),
     ]
+    print("\nspread over rounds (min..max):")
+    for name, u, o, _ in series:
+        print(f"  {name:36} unloaded {min(u):.0f}..{max(u):.0f}  loaded {min(o):.0f}..{max(o):.0f}")
+    rows = [(name, med(u), med(o), cost) for name, u, o, cost in series]
     print(f"\n{'figure':36} {'unloaded':>12} {'loaded':>12} {'ratio':>7}  target >= {TARGET}x ({accel})")
     ok = True
     result: dict[str, Any] = {"accel": accel, "target": TARGET, "figures": {}}
