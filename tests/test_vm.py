@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,14 @@ def test_cli_up_exec_status_down_on_the_vm_engine(lab_name: str) -> None:
         assert p.returncode == 0 and "1 received" in p.stdout, p.stdout + p.stderr
         p = _toalab("exec", "--lab", lab_name, "rs2", "--", "sh", "-c", "exit 9")
         assert p.returncode == 9
+        if shutil.which("script"):  # `toalab shell` on a terminal: a pty in the guest
+            shell = f"{sys.executable} -m lab shell --lab {lab_name} rs1"
+            p = subprocess.run(
+                ["script", "-qec", shell, "/dev/null"], input="tty; ls /sys/class/net\nexit 3\n",
+                capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV,
+            )  # fmt: skip
+            assert p.returncode == 3, p.stdout + p.stderr
+            assert "/dev/pts/" in p.stdout and "eth0" in p.stdout
         p = _toalab("status", lab_name, "--json")
         st = json.loads(p.stdout)[0]
         assert st["engine"] == "vm" and st["vm"]["state"] == "ready"

@@ -125,7 +125,7 @@ class VMSession:
         t_built = time.monotonic()
         self.timings["image_check_s"] = round(t_built - t0, 3)
         if supervisor_alive(self.rundir):
-            raise LabError(f"VM '{self.name}' is already running (rundir {self.rundir})")
+            raise LabError(f"VM '{self.name}' is already running (stop it: toalab vm stop {self.name})")
         _prune(run_root())
         shutil.rmtree(self.rundir, ignore_errors=True)
         self.rundir.mkdir(parents=True)
@@ -455,7 +455,7 @@ def _interactive(vm: VMSession, argv: Sequence[str], netns: str | None) -> int:
     old = signal.signal(signal.SIGWINCH, winch)
     try:
         winch()
-        ttymod.setraw(0)
+        ttymod.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keep typed-ahead input
         threading.Thread(target=pump_stdin, daemon=True).start()
         return job.wait()
     finally:
