@@ -673,6 +673,8 @@ static __always_inline struct lb_fwd *new_flow(struct xdp_md *ctx, const struct 
 	struct lb_rs *rs;
 	__u32 idx, range, n;
 
+	__builtin_memset(rv, 0, sizeof(*rv));
+	__builtin_memset(nf, 0, sizeof(*nf));
 	n = svc->n_rs;
 	if (!n || n > LB_MAX_RS || !svc->n_local || svc->n_local > LB_MAX_LOCAL) {
 		*why = LB_C_NO_RS;
@@ -691,8 +693,6 @@ static __always_inline struct lb_fwd *new_flow(struct xdp_md *ctx, const struct 
 		*why = LB_C_NO_RS;
 		return NULL;
 	}
-	__builtin_memset(rv, 0, sizeof(*rv));
-	__builtin_memset(nf, 0, sizeof(*nf));
 	rv->cip = p->src;
 	rv->vip = p->dst;
 	rv->cport = p->sport;

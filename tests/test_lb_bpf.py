@@ -273,6 +273,23 @@ def test_two_flows_get_two_local_ports(obj: Path) -> None:
     assert c["new_flow"] == 2
 
 
+def test_flows_spread_over_real_servers(obj: Path) -> None:
+    """Two real servers: each flow goes to one of them, with that one's MAC."""
+    sc = Scenario(4, 4, lport_max=LPORT + 1000)
+    macs = {"192.0.2.11": "02:00:00:00:05:11", "192.0.2.12": "02:00:00:00:05:12"}
+    rss = [lb.Rs(ip, RPORT, RS_IFINDEX, LB1_MAC, mac) for ip, mac in macs.items()]
+    svc = lb.Svc(sc.vip, VPORT, 17, id=0, n_rs=2, n_local=1, rs_family=4)
+    updates = lb.tables([(svc, rss, [sc.lip])], lb.Cfg(lport_min=LPORT, lport_max=LPORT + 1000))
+    frames = [sc.client(l4seg("udp", sport=p)) for p in range(2000, 2016)]
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=updates)
+    seen = set()
+    for r in res:
+        o = dissect(r.data_out)
+        assert Ether(r.data_out).dst == macs[o.dst]
+        seen.add(o.dst)
+    assert seen == set(macs)
+
+
 def test_local_ports_exhausted(obj: Path) -> None:
     sc = Scenario(4, 4)  # one local port
     res, c = run(obj, sc, [sc.client(l4seg("udp", sport=p)) for p in (1111, 2222)])
