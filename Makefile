@@ -25,7 +25,7 @@ $(BOOTSTRAP): pyproject.toml scripts/bootstrap.sh
 build: $(BOOTSTRAP) $(SUBDIRS)
 
 $(SUBDIRS): $(BOOTSTRAP)
-	@$(MAKE) --no-print-directory -C $@
+	@$(MAKE) --no-print-directory -C $@ PYTHON=$(abspath $(PY))
 
 demo: build ## the main job: bring up fullnat-4to4 and show the option reach a real server
 	@$(PY) -m lab.demo
