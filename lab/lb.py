@@ -245,6 +245,26 @@ def tables(
 # -- flow state as the maps hold it ------------------------------------------------------
 
 
+def flow_key(src: IpAddr | str, dst: IpAddr | str, sport: int, dport: int, proto: int) -> bytes:
+    """struct lb_flow_key: a flow as one packet names it."""
+    a = ipaddress.ip_address(src)
+    return addr16(a) + addr16(dst) + struct.pack("!HH", sport, dport) + bytes([proto, a.version, 0, 0])
+
+
+def fwd_value(
+    lip: IpAddr | str, rip: IpAddr | str, lport: int, rport: int, rs_idx: int, *, established: bool = False
+) -> bytes:
+    """struct lb_fwd (last_ns 0: give the Cfg an idle lifetime longer than the uptime)."""
+    fam = ipaddress.ip_address(lip).version
+    return (
+        addr16(lip)
+        + addr16(rip)
+        + struct.pack("!HH", lport, rport)
+        + struct.pack("<IQI", rs_idx, 0, 0)
+        + bytes([fam, 1 if established else 0, 0, 0])
+    )
+
+
 def _addr(b: bytes, family: int) -> IpAddr:
     return ipaddress.ip_address(b[:4] if family == 4 else b[:16])
 

@@ -480,3 +480,24 @@ def test_ipv6_dstopt_header_form(obj: Path) -> None:
     assert pkt[IPv6].nh == 60
     assert bytes(pkt[IPv6ExtHdrDestOpt])[:16] == bytes(scapy_toa.ipv6_dstopt(sc.option(), 17))[:16]
     assert isinstance(pkt[IPv6ExtHdrDestOpt].payload, UDP)
+
+
+def test_bench_steady_state_and_verifier(obj: Path) -> None:
+    """bench/bench_lb.py's mirrored flows make every repetition take its path
+    (it checks the counters itself), and both programs pass the verifier."""
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_lb.py"
+    p = subprocess.run(
+        [sys.executable, str(bench), "--repeat", "1000", "--runs", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(p.stdout)["figures"]) == 4
+    for o, prog in ((obj, lb.BPF_PROG), (bpf.obj_path(lb.BASELINE_OBJ), lb.BASELINE_PROG)):
+        info = bpf.load_check(o, prog)
+        assert info.xlated_insns > 0
