@@ -8,7 +8,9 @@ UDP exchange through the VIP, checks that the real server saw the LB's
 local address (fullnat) and the client saw the VIP (replies came back
 through the reverse path), and reads the RS ingress pcap: the packets of
 the handshake carry the option byte-exactly as lab/wire.py packs it, with
-the client's address and port and the VIP inside.
+the client's address and port and the VIP inside.  fullnat-4to4-vxlan: the
+same through VXLAN, the pcap taken on the RS's vxlan device (after
+decapsulation), where TOA/UOA parse the inner packet.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from lab.lab import Lab
 
 pytestmark = [pytest.mark.host, pytest.mark.bpf]
 
-CASES = ["fullnat-4to4", "fullnat-6to6", "fullnat-6to4"]
+CASES = ["fullnat-4to4", "fullnat-6to6", "fullnat-6to4", "fullnat-4to4-vxlan"]
 
 
 @dataclass
@@ -114,7 +116,8 @@ def test_tcp_and_udp_through_vip(lab_name: str, tmp_path: Path, topo_file: str) 
             pcaps = [tmp_path / f"{rs}.pcap" for rs in svc.real_servers]
             for rs, p in zip(svc.real_servers, pcaps, strict=True):
                 # no port filter: it would miss IPv6 packets with a Destination Options header
-                stack.enter_context(Capture(ll.lab, rs, "eth0", p))
+                # VXLAN: the RS's vxlan device shows the decapsulated packet
+                stack.enter_context(Capture(ll.lab, rs, "vx0" if svc.vxlan else "eth0", p))
 
             # TCP: handshake, request, reply
             tcp.connect((vip, vport))
@@ -146,6 +149,7 @@ def test_tcp_and_udp_through_vip(lab_name: str, tmp_path: Path, topo_file: str) 
 
         counters = ll.handle.counters()
         assert counters["rev"] >= 3 and counters["fwd_opt"] >= 3, counters
+        assert (counters["vxlan"] == counters["fwd"]) if svc.vxlan else not counters["vxlan"], counters
 
     # the RS ingress pcaps: option on the SYN and the third packet, byte-exact
     exp_t = wire.AddrOption(cip, cport, vip, vport)
