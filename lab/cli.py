@@ -85,6 +85,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no lab is up")
     for st in states:
         print(f"{st['name']}: {st['state']} on {st['engine']} ({st['topology']})")
+        vm = st.get("vm")
+        if isinstance(vm, dict):
+            details = ", ".join(f"{k} {vm[k]}" for k in ("release", "accel", "console_log") if vm.get(k))
+            print(f"  guest: {details}")
         for node, info in st["nodes"].items():
             print(f"  {node:<10} {info['role']:<7} {info['netns']}")
     return 0

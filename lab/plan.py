@@ -138,8 +138,9 @@ class Plan:
         ip commands are grouped into one ``ip -n NS -batch -`` per namespace
         and phase, because a process start is the expensive part in a TCG guest.
         """
-        out = ["set -e"]
-        out.extend(f"ip netns add {shlex.quote(op.ns)}" for op in self.ops if isinstance(op, Netns))
+        out = ["set -e", "ip -batch - <<'EOF'"]
+        out.extend(f"netns add {op.ns}" for op in self.ops if isinstance(op, Netns))
+        out.append("EOF")
         phases: list[list[Op]] = [
             [op for op in self.ops if isinstance(op, Sysctl) and _is_base(op)],
             [op for op in self.ops if isinstance(op, Veth)],
@@ -151,18 +152,28 @@ class Plan:
             by_ns: dict[str, list[Op]] = {}
             for op in phase:
                 by_ns.setdefault(op.ns, []).append(op)
+            # Namespaces are independent within a phase: their groups run
+            # concurrently, and each background job's status is collected so
+            # that a failure still fails the script.
+            jobs = []
             for ns, ops in by_ns.items():
                 sysctls = [op for op in ops if isinstance(op, Sysctl)]
                 if sysctls:
                     body = "; ".join(
                         f"echo {shlex.quote(op.value)} > {_sysctl_path(op.key)}" for op in sysctls
                     )
-                    out.append(f"ip netns exec {shlex.quote(ns)} sh -c {shlex.quote(body)}")
+                    jobs.append(f"ip netns exec {shlex.quote(ns)} sh -c {shlex.quote(body)}")
                 lines = [_ip_line(op) for op in ops if not isinstance(op, Sysctl)]
                 if lines:
-                    out.append(f"ip -n {shlex.quote(ns)} -batch - <<'EOF'")
-                    out.extend(lines)
-                    out.append("EOF")
+                    jobs.append("\n".join([f"ip -n {shlex.quote(ns)} -batch - <<'EOF'", *lines, "EOF"]))
+            if len(jobs) == 1:
+                out.append(jobs[0])
+            elif jobs:
+                out.append("pids=")
+                for job in jobs:
+                    out.append(job.replace("\n", " &\n", 1) if job.startswith("ip -n") else f"{job} &")
+                    out.append('pids="$pids $!"')
+                out.append('for p in $pids; do wait "$p"; done')
         return "\n".join(out) + "\n"
 
     def render_teardown(self) -> str:

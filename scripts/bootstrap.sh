@@ -9,7 +9,7 @@ APT_PACKAGES="
   iproute2 iputils-ping tcpdump ethtool netcat-openbsd procps kmod
   clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool
   linux-headers-amd64
-  qemu-system-x86 busybox-static xz-utils cpio
+  qemu-system-x86 busybox-static xz-utils lz4 cpio util-linux
 "
 
 missing=""

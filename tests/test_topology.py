@@ -113,7 +113,7 @@ def test_plan_orders_and_renders() -> None:
     kinds = [type(op) for op in plan.ops]
     assert kinds.index(Netns) < kinds.index(Veth) < kinds.index(Addr)
     script = plan.render_shell()
-    assert "ip netns add toalab-demo-a" in script
+    assert "netns add toalab-demo-a\n" in script
     assert "link add eth0 mtu 1500 type veth peer name eth0 mtu 1500 netns toalab-demo-b" in script
     assert "addr add 192.0.2.1/24 dev eth0" in script
     assert "ip netns del toalab-demo-a" in plan.render_teardown()
