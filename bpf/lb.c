@@ -248,6 +248,25 @@ static __always_inline int ipv4_has_opt31(struct iphdr *iph, void *data_end)
 	return 0;
 }
 
+
+/*
+ * @v & @mask, with the mask kept even where clang can prove it redundant:
+ * the 6.1 verifier loses a value's range across a byte swap or a stack
+ * spill and then refuses to add it to a packet pointer; the mask, behind
+ * an empty asm clang cannot see through, gives the range back.
+ */
+static __always_inline __u32 lb_bound(__u32 v, __u32 mask)
+{
+	asm volatile("" : "+r"(v));
+	return v & mask;
+}
+
+/* a 16-bit length from the wire, in host order and bounded */
+static __always_inline __u32 lb_len16(__be16 v)
+{
+	return lb_bound(bpf_ntohs(v), 0xffff);
+}
+
 static __always_inline int parse_pkt(void *data, void *data_end, struct hdr_cursor *c,
 				     __u16 eproto, struct pkt *p)
 {
@@ -260,7 +279,7 @@ static __always_inline int parse_pkt(void *data, void *data_end, struct hdr_curs
 
 		if (parse_ipv4(c, data_end, &iph) < 0)
 			return P_MALFORMED;
-		iplen = bpf_ntohs(iph->tot_len);
+		iplen = lb_len16(iph->tot_len);
 		l3len = iph->ihl * 4;
 		if (iplen < l3len || l3 + iplen > data_end)
 			return P_MALFORMED;
@@ -285,7 +304,7 @@ static __always_inline int parse_pkt(void *data, void *data_end, struct hdr_curs
 		if (parse_ipv6(c, data_end, &ip6h, &info) < 0)
 			return P_MALFORMED;
 		l3len = c->pos - l3;
-		iplen = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
+		iplen = lb_len16(ip6h->payload_len) + sizeof(*ip6h);
 		if (iplen < l3len || l3 + iplen > data_end)
 			return P_MALFORMED;
 		p->family = 6;
@@ -393,7 +412,7 @@ __attribute__((noinline)) int lb_clamp_mss(struct xdp_md *ctx, __u32 l4off, __u3
 
 	if (!ctx || l4off > sizeof(struct ethhdr) + LB_L3_MAX)
 		return 0;
-	th = data + l4off;
+	th = data + lb_bound(l4off, 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return 0;
 	o = tcp_find_option(th, data_end, TCPOPT_MSS, 4);
@@ -559,6 +578,7 @@ static __always_inline int emit(struct xdp_md *ctx, const struct pkt *p, const s
 
 	if (l4off > sizeof(struct ethhdr) + LB_L3_MAX)
 		return LB_C_MALFORMED;
+	l4off = lb_bound(l4off, 0x1ff);	/* <= 511, as the check above says */
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + l4off;
 
@@ -712,6 +732,11 @@ static __always_inline struct lb_fwd *new_flow(struct xdp_md *ctx, const struct 
 	range = (__u32)cfg->lport_max - cfg->lport_min + 1;
 	if (cfg->lport_max < cfg->lport_min)
 		range = 1;
+	/*
+	 * Unrolled: the 6.1 verifier rejects a loop whose back edge follows a
+	 * helper call ("back-edge from insn"), and this body makes three.
+	 */
+#pragma unroll
 	for (int i = 0; i < LB_PORT_TRIES; i++) {
 		struct lb_rev *old;
 

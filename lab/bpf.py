@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,17 +114,28 @@ def _tool() -> Path:
     return TEST_RUN
 
 
-def _run_tool(argv: list[str], timeout: float) -> dict:
+# Runs argv somewhere and returns (exit code, stdout, stderr): the running
+# kernel by default, or e.g. a VM guest's (``VMSession.run``) to check a
+# program against another kernel with the same tool and the same inputs.
+Runner = Callable[[list[str], float], tuple[int, str, str]]
+
+
+def local_runner(argv: list[str], timeout: float) -> tuple[int, str, str]:
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise BpfError(f"{' '.join(argv[:4])} ... timed out after {timeout} s") from None
-    if p.returncode != 0:
-        raise BpfError(f"xdp_test_run failed ({p.returncode}):\n{p.stderr.strip()[-4000:]}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def _run_tool(argv: list[str], timeout: float, runner: Runner = local_runner) -> dict:
+    code, out, err = runner(argv, timeout)
+    if code != 0:
+        raise BpfError(f"xdp_test_run failed ({code}):\n{err.strip()[-4000:]}")
     try:
-        return json.loads(p.stdout)
+        return json.loads(out)
     except ValueError as e:
-        raise BpfError(f"xdp_test_run printed no JSON ({e}): {p.stdout[:200]!r}") from None
+        raise BpfError(f"xdp_test_run printed no JSON ({e}): {out[:200]!r}") from None
 
 
 def _maps(doc: dict) -> dict[str, list[MapEntry]]:
@@ -150,6 +161,7 @@ def run_xdp_many(
     dump_maps: Sequence[str] = (),
     ifindex: int | None = None,
     timeout: float = 120.0,
+    runner: Runner = local_runner,
 ) -> list[XdpResult]:
     """Run PROG of OBJ once per packet (each `repeat` times) in one load of the
     object; map updates apply before the first run, dumps are taken after the
@@ -165,7 +177,7 @@ def run_xdp_many(
         argv += ["--ifindex", str(ifindex)]
     for pkt in pkts:
         argv += ["--hex", bytes(pkt).hex()]
-    doc = _run_tool(argv, timeout)
+    doc = _run_tool(argv, timeout, runner)
     maps = _maps(doc)
     return [
         XdpResult(
@@ -196,9 +208,9 @@ def run_xdp(
     )[0]
 
 
-def load_check(obj: str | Path, prog: str) -> LoadInfo:
+def load_check(obj: str | Path, prog: str, *, runner: Runner = local_runner) -> LoadInfo:
     """Load PROG into the running kernel (the verifier runs) and unload it."""
-    doc = _run_tool([str(_tool()), str(obj), "--prog", prog, "--load-only"], 120.0)
+    doc = _run_tool([str(_tool()), str(obj), "--prog", prog, "--load-only"], 120.0, runner)
     return LoadInfo(doc["prog"], doc["xlated_insns"], doc["jited_bytes"], doc["verified_insns"])
 
 

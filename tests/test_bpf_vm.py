@@ -1,0 +1,83 @@
+"""The XDP programs on the VM's Debian 6.1 kernel: verifier-clean there too,
+and the same packets in give the same packets out as on the host kernel.
+
+The guest runs the host's own bpf/build/xdp_test_run (the host's / is its
+root over 9p), so only the kernel differs between the two runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import TCP
+from scapy.layers.l2 import Ether
+from test_lb_bpf import FAMILIES, LPORT, RPORT, Scenario, l4seg
+
+from lab import bpf, gwping, lb
+from lab.vm.session import VMSession
+
+pytestmark = [pytest.mark.vm, pytest.mark.bpf]
+
+PROGRAMS = [("gwping", "xdp_gwping"), ("xdp_pass", "xdp_pass"), ("lb", "xdp_lb"), ("lb_mactx", "xdp_mactx")]
+
+
+@pytest.fixture(scope="module")
+def guest() -> Iterator[bpf.Runner]:
+    if os.geteuid() != 0:
+        pytest.fail("the VM tests need root")
+    for obj, _ in PROGRAMS:
+        bpf.obj_path(obj)  # build on the host before the guest reads the files
+    with VMSession(progress=None) as vm:
+        assert vm.release.startswith("6.1."), f"expected the pinned 6.1 guest, got {vm.release}"
+
+        def run_in_guest(argv: list[str], timeout: float) -> tuple[int, str, str]:
+            r = vm.run(argv, timeout=timeout)
+            return r.returncode, r.stdout, r.stderr
+
+        yield run_in_guest
+
+
+@pytest.mark.parametrize(("obj", "prog"), PROGRAMS, ids=[p for _, p in PROGRAMS])
+def test_verifier_accepts_on_both_kernels(guest: bpf.Runner, obj: str, prog: str) -> None:
+    host = bpf.load_check(bpf.obj_path(obj), prog)
+    vm = bpf.load_check(bpf.obj_path(obj), prog, runner=guest)
+    assert (host.prog, vm.prog) == (prog, prog)
+    assert vm.xlated_insns > 0 and vm.verified_insns > 0, f"6.1 verifier: {vm}"
+
+
+def _same(host: list[bpf.XdpResult], vm: list[bpf.XdpResult]) -> None:
+    assert len(host) == len(vm)
+    for i, (h, v) in enumerate(zip(host, vm, strict=True)):
+        assert (v.action, v.data_out.hex()) == (h.action, h.data_out.hex()), f"packet {i} differs"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_gwping_same_output_on_both_kernels(guest: bpf.Runner, family: int) -> None:
+    src, dst = ("198.18.1.10", "198.18.2.2") if family == 4 else ("2001:db8:70:1::10", "2001:db8:70:2::2")
+    frames = [
+        bytes(Ether() / gwping.probe_packet(src, dst, 40000 + i, 8080, i, tsval))
+        for i, tsval in enumerate((gwping.MAGIC, gwping.MAGIC_PASS, 0x12345678))
+    ]
+    obj = bpf.obj_path("gwping")
+    host = bpf.run_xdp_many(obj, "xdp_gwping", frames)
+    vm = bpf.run_xdp_many(obj, "xdp_gwping", frames, runner=guest)
+    _same(host, vm)
+    assert host[0].data_out != frames[0], "MAGIC must be rewritten on both kernels"
+
+
+@pytest.mark.parametrize(("cfam", "rfam"), FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+def test_lb_same_output_on_both_kernels(guest: bpf.Runner, cfam: int, rfam: int) -> None:
+    sc = Scenario(cfam, rfam)
+    frames = [
+        sc.client(l4seg("tcp", "S")),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="SA", seq=5000, ack=1001)),
+        sc.client(l4seg("tcp", "A", ack=5001)),
+        sc.client(l4seg("udp", "", b"datagram")),
+    ]
+    obj = bpf.obj_path(lb.BPF_OBJ)
+    host = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates())
+    vm = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates(), runner=guest)
+    _same(host, vm)
+    assert [r.action for r in host] == ["XDP_REDIRECT"] * 4
