@@ -350,6 +350,40 @@ class LbHandle:
         _rmdir_empty(PIN_ROOT)
 
 
+def enabled(topo: Topology) -> bool:
+    """Whether ``toalab up`` runs the XDP LB: a topology with services does,
+    unless its lb node says ``params.fullnat.xdp: false`` (a plain router)."""
+    lbs = {s.lb for s in topo.services.values()}
+    return bool(lbs) and all((topo.node(n).params.get("fullnat") or {}).get("xdp", True) for n in lbs)
+
+
+def attached(lab: Lab) -> LbHandle:
+    """The handle of the LB the engine attached when the lab came up."""
+    topo = lab.topology
+    if topo is None or not topo.services:
+        raise LbError(f"lab '{lab.name}' has no services: no XDP LB")
+    node = topo.node(next(iter(topo.services.values())).lb)
+    params = node.params.get("fullnat") or {}
+    ns = lab.engine.record.ns(node.name)
+    ifnames = [str(params.get("client_if", "eth0")), str(params.get("rs_if", "eth1"))]
+    pid = bpf.xdp_prog_id(ns, ifnames[0])
+    if pid is None:
+        raise LbError(f"lab '{lab.name}': no XDP LB on {node.name}:{ifnames[0]}")
+    return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name)
+
+
+def remove_pins(lab_name: str | None = None) -> list[str]:
+    """Remove a lab's pinned maps (all labs' with None); what was removed."""
+    dirs = [PIN_ROOT / lab_name] if lab_name else sorted(PIN_ROOT.glob("*")) if PIN_ROOT.is_dir() else []
+    removed = []
+    for d in dirs:
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    _rmdir_empty(PIN_ROOT)
+    return removed
+
+
 def _rmdir_empty(p: Path) -> None:
     with contextlib.suppress(OSError):
         p.rmdir()

@@ -52,12 +52,8 @@ class LbLab:
 def lb_lab(name: str, topo_file: str) -> Iterator[LbLab]:
     needs_root()
     topo = topology.load(TOPOLOGIES / f"{topo_file}.yaml")
-    with Lab.up(topo, name=name) as lab:
-        handle = lb.attach(lab)
-        try:
-            yield LbLab(lab, topo, handle)
-        finally:
-            handle.detach()
+    with Lab.up(topo, name=name) as lab:  # the engine attaches the LB of the services
+        yield LbLab(lab, topo, lb.attached(lab))
     assert not (lb.PIN_ROOT / name).exists()
 
 

@@ -8,6 +8,7 @@ which execs the program itself: a job's PID is the program's PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,7 +81,7 @@ class HostEngine(Engine):
         self.record.save()  # before building: a crash halfway stays findable
         try:
             self._execute(plan)
-            _attach_programs(topo, plan.namespaces)
+            self._attach_programs(topo)
         except BaseException:
             self.down()
             raise
@@ -95,31 +96,62 @@ class HostEngine(Engine):
                 with netns.entered(ns):
                     sockets[ns] = _Netlink(IPRoute())
             failpoint = _failpoint()
-            for n, op in enumerate(plan.ops):
-                if failpoint and n == failpoint[1]:
-                    _trip(failpoint[0], n)
-                if isinstance(op, Netns):
-                    continue
-                try:
-                    _apply(op, sockets[op.ns])
-                except (NetlinkError, OSError) as e:
-                    raise LabError(f"building {op.ns}: {_describe(op)} failed: {e}") from None
+            entered: str | None = None  # consecutive sysctls of a namespace share one setns
+            with contextlib.ExitStack() as stack:
+                for n, op in enumerate(plan.ops):
+                    if failpoint and n == failpoint[1]:
+                        _trip(failpoint[0], n)
+                    if isinstance(op, Netns):
+                        continue
+                    if entered and (not isinstance(op, Sysctl) or op.ns != entered):
+                        stack.close()
+                        entered = None
+                    try:
+                        if isinstance(op, Sysctl):
+                            if entered is None:
+                                stack.enter_context(netns.entered(op.ns))
+                                entered = op.ns
+                            netns.write_sysctl(op.key, op.value)
+                        else:
+                            _apply(op, sockets[op.ns])
+                    except (NetlinkError, OSError) as e:
+                        raise LabError(f"building {op.ns}: {_describe(op)} failed: {e}") from None
         finally:
             for s in sockets.values():
                 s.ipr.close()
 
+    def _attach_programs(self, topo: Topology) -> None:
+        """The XDP programs a topology implies: the gateway data planes its
+        nodes declare (``params.xdp``) and the fullnat LB of its services.
+        Programs die with their namespaces; ``down`` removes the LB's pins."""
+        if any(node.params.get("xdp") for node in topo.nodes.values()):
+            from lab.gwping import apply_data_plane
+
+            apply_data_plane(topo, self.record.namespaces)
+        from lab import lb
+
+        if lb.enabled(topo):
+            from lab.lab import Lab
+
+            lb.attach(Lab(self, topo))
+
     def down(self) -> None:
         for ns in self.record.namespaces.values():
             netns.remove(ns)
+        from lab import lb
+
+        lb.remove_pins(self.name)
         self.record.forget()
 
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:
+        from lab import lb
+
         removed = []
         for ns in netns.listing(NS_PREFIX):
             netns.remove(ns)
             removed.append(ns)
-        return removed
+        return removed + lb.remove_pins()
 
     # -- running programs -----------------------------------------------------------
     def _argv(self, node: str, argv: Sequence[str]) -> list[str]:
@@ -169,17 +201,6 @@ def _trip(kind: str, n: int) -> None:
         time.sleep(3600)
 
 
-def _attach_programs(topo: Topology, namespaces: dict[str, str]) -> None:
-    """XDP programs a topology declares on its nodes (``params.xdp``).
-
-    They die with their namespaces, so ``down`` needs nothing more.
-    """
-    if any(node.params.get("xdp") for node in topo.nodes.values()):
-        from lab.gwping import apply_data_plane
-
-        apply_data_plane(topo, namespaces)
-
-
 class _Netlink:
     """A namespace's netlink socket with a name -> ifindex cache.
 
@@ -202,9 +223,6 @@ class _Netlink:
 def _apply(op: object, nl: _Netlink) -> None:
     ipr = nl.ipr
     match op:
-        case Sysctl():
-            with netns.entered(op.ns):
-                netns.write_sysctl(op.key, op.value)
         case Veth():
             ipr.link(
                 "add",
