@@ -1,9 +1,9 @@
 """``make demo``: the lab's main job, end to end.
 
-1. Host engine: bring up fullnat-4to4, check the client reaches both real
-   servers through the lb, then have the lb's local address talk to rs1
-   with the address option set (as an L7 LB with set_ip_opt does) and show,
-   from the capture taken on rs1, that the option arrived byte-exact.
+1. Host engine: bring up fullnat-4to4 with the XDP fullnat LB, send TCP
+   and UDP from the client to the VIP, and show from the capture on the
+   real server that answered that its packets come from the lb's local
+   address and carry the option naming the client and the VIP, byte-exact.
 2. VM engine: boot the pinned Debian 6.1 kernel, build fullnat-4to4 inside
    it, and reproduce the seed's demo: a client with set_ip_opt(10.0.0.1:1
    -> 10.0.0.2:2) connects to rs1, whose server sees the real address
@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import sys
 import tempfile
 import time
@@ -23,7 +25,7 @@ from lab.capture import Capture
 from lab.decode import decode
 from lab.errors import LabError
 from lab.lab import Lab
-from lab.traffic import optioned_exchange
+from lab.traffic import vip_exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,29 +76,39 @@ def vm_demo(topo: topology.Topology) -> int:
 def main() -> int:
     topo = topology.load(ROOT / "topologies" / "fullnat-4to4.yaml")
     svc = topo.services["web"]
-    client = topo.node("client").address(4)
-    opt = wire.AddrOption(client, 40000, svc.vip, svc.port)
-    rs = topo.node("rs1").address(4)
     with tempfile.TemporaryDirectory(prefix="toalab-demo-") as tmp:
-        pcap = Path(tmp) / "rs1-eth0.pcap"
         t0 = time.perf_counter()
         with Lab.up(topo, name="demo") as lab:
-            print(f"[demo] {topo.name} up in {1e3 * (time.perf_counter() - t0):.0f} ms: {topo.description}")
+            took = 1e3 * (time.perf_counter() - t0)
+            print(f"[demo] {topo.name} up with the XDP fullnat LB in {took:.0f} ms: {topo.description}")
             for node in svc.real_servers:
                 addr = topo.node(node).address(4)
                 lab.exec("client", ["ping", "-c1", "-W2", str(addr)]).check()
-                print(f"[demo] client {client} -> {node} {addr}: ping ok through the lb")
-            print(f"[demo] lb {svc.local[0]} -> rs1 {rs}:8080, TCP and UDP, option {opt}")
-            with Capture(lab, "rs1", "eth0", pcap):
-                optioned_exchange(lab, "lb", "rs1", str(svc.local[0]), str(rs), opt)
-            found = list(decode(str(pcap)))
-        print(f"[demo] rs1 captured {len(found)} packets carrying the option:")
+                print(f"[demo] client -> {node} {addr}: ping ok through the lb")
+            pcaps = {rs: Path(tmp) / f"{rs}-eth0.pcap" for rs in svc.real_servers}
+            with contextlib.ExitStack() as caps:
+                for rs, pcap in pcaps.items():
+                    caps.enter_context(Capture(lab, rs, "eth0", pcap))
+                ex = vip_exchange(lab, "client", svc.real_servers, str(svc.vip), svc.port, svc.rs_port)
+        client = wire.endpoint(ipaddress.ip_address(ex.client_addr[0]), ex.client_addr[1])
+        print(f"[demo] client {client} -> VIP {wire.endpoint(svc.vip, svc.port)}: TCP answered by "
+              f"{ex.server}, UDP by {ex.udp_server}")
+        seen = wire.endpoint(ipaddress.ip_address(ex.tcp_peer[0]), ex.tcp_peer[1])
+        print(f"[demo] {ex.server}'s socket sees the lb's local address {seen} (fullnat); "
+              "the real servers' packets carry:")
+        found = [d for rs in sorted({ex.server, ex.udp_server}) for d in decode(str(pcaps[rs]))]
         for d in found:
             print(f"         {d}")
-        if not found or any(d.option != opt for d in found):
-            print("[demo] FAILED: the real server did not receive the option byte-exact", file=sys.stderr)
+        want = {
+            "tcp": wire.AddrOption(ex.client_addr[0], ex.client_addr[1], svc.vip, svc.port),
+            "udp": wire.AddrOption(ex.udp_client_addr[0], ex.udp_client_addr[1], svc.vip, svc.port),
+        }
+        if {d.outer.split()[-1] for d in found} != {"tcp", "udp"} or any(
+            d.option != want[d.outer.split()[-1]] for d in found
+        ):
+            print(f"[demo] FAILED: expected TCP and UDP packets carrying {want}", file=sys.stderr)
             return 1
-    print("[demo] the real server's packets carry the client and the VIP, not just the lb. lab removed.")
+    print("[demo] the option names the client and the VIP, byte-exact. lab removed.")
     return vm_demo(topo)
 
 
