@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from lab.checksum import ones_sum, pseudo_header
 from lab.errors import LabError
 
 if TYPE_CHECKING:
@@ -99,22 +100,6 @@ def seed_csum_fix(check: int, delta: int = 0x0100) -> int:
     return (c + (c >= 0xFFFF)) & 0xFFFF
 
 
-def ones_sum(data: bytes) -> int:
-    """16-bit one's complement sum (RFC 1071), folded, not complemented."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def _l4_pseudo(ip_version: int, src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if ip_version == 4:
-        return src + dst + bytes([0, proto]) + length.to_bytes(2, "big")
-    return src + dst + length.to_bytes(4, "big") + bytes([0, 0, 0, proto])
-
-
 def tcp_checksum_ok(frame: bytes) -> bool:
     """Does the TCP checksum of an Ethernet frame (IPv4/IPv6, no VLAN, no IPv6
     extension headers) verify?  A full recomputation over pseudo-header and
@@ -131,13 +116,13 @@ def tcp_checksum_expected(frame: bytes) -> tuple[int, int]:
         ihl = (ip[0] & 0x0F) * 4
         tot = int.from_bytes(ip[2:4], "big")
         seg = ip[ihl:tot]
-        pseudo = _l4_pseudo(4, ip[12:16], ip[16:20], 6, len(seg))
+        pseudo = pseudo_header(4, ip[12:16], ip[16:20], 6, len(seg))
     elif et == 0x86DD:
         plen = int.from_bytes(ip[4:6], "big")
         if ip[6] != 6:
             raise ValueError("IPv6 with extension headers: not handled here")
         seg = ip[40 : 40 + plen]
-        pseudo = _l4_pseudo(6, ip[8:24], ip[24:40], 6, len(seg))
+        pseudo = pseudo_header(6, ip[8:24], ip[24:40], 6, len(seg))
     else:
         raise ValueError(f"not IPv4/IPv6: ethertype {et:#06x}")
     found = ones_sum(pseudo + seg)

@@ -24,6 +24,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from lab import bpf, lb, scapy_toa, wire
+from lab.checksum import ones_sum, pseudo_header
 
 pytestmark = pytest.mark.bpf
 
@@ -113,15 +114,6 @@ def run(obj: Path, sc: Scenario, frames: list[bytes]) -> tuple[list[bpf.XdpResul
 # -- independent checks -------------------------------------------------------------------
 
 
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 @dataclass
 class Out:
     family: int
@@ -143,7 +135,7 @@ def dissect(frame: bytes, l2: int = 14, udp_zero_ok: bool = False) -> Out:
         assert ones_sum(ip[:ihl]) == 0xFFFF, "IPv4 header checksum"
         src, dst, proto = ip[12:16], ip[16:20], ip[9]
         l4 = ip[ihl:tot]
-        pseudo = src + dst + bytes([0, proto]) + len(l4).to_bytes(2, "big")
+        pseudo = pseudo_header(4, src, dst, proto, len(l4))
         out = Out(4, str(ipaddress.IPv4Address(src)), str(ipaddress.IPv4Address(dst)), ip[:ihl], proto, l4)
     else:
         assert et == 0x86DD
@@ -153,7 +145,7 @@ def dissect(frame: bytes, l2: int = 14, udp_zero_ok: bool = False) -> Out:
             nh, off = ip[off], off + (ip[off + 1] + 1) * 8
         src, dst = ip[8:24], ip[24:40]
         l4 = ip[off : 40 + plen]
-        pseudo = src + dst + len(l4).to_bytes(4, "big") + bytes([0, 0, 0, nh])
+        pseudo = pseudo_header(6, src, dst, nh, len(l4))
         out = Out(6, str(ipaddress.IPv6Address(src)), str(ipaddress.IPv6Address(dst)), ip[:off], nh, l4)
     if out.proto == 17 and l4[6:8] == b"\0\0":
         assert udp_zero_ok and out.family == 4, "UDP checksum missing"
