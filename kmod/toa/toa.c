@@ -10,18 +10,21 @@
  *    tcp_v4_syn_recv_sock / tcp_v6_syn_recv_sock, parses the option from
  *    that skb and stores it in a hash table keyed by the new struct sock;
  *  - rewrites the result of inet_getname / inet6_getname (getpeername,
- *    getsockname, accept, SO_PEERNAME) for sockets in the table;
+ *    getsockname, accept, SO_PEERNAME) for sockets in the table, through
+ *    an ftrace hook that sends those calls to a wrapper;
  *  - forgets a socket when tcp_v4_destroy_sock runs for it (tcp_v6's
  *    destroy calls it too);
  *  - answers getsockopt(IPPROTO_IP, TOA_SO_GET_LOOKUP) (see toa.h);
  *  - counts what it does in /proc/net/toa_stats (every netns).
  *
  * The ops tables are read-only on the target kernels, so nothing is
- * patched: only kprobes and kretprobes are used.
+ * patched: only kprobes, kretprobes and ftrace_ops are used.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/atomic.h>
+#include <linux/delay.h>
+#include <linux/ftrace.h>
 #include <linux/hash.h>
 #include <linux/in.h>
 #include <linux/in6.h>
@@ -411,32 +414,6 @@ static int toa_destroy_pre(struct kprobe *p, struct pt_regs *regs)
 /* ------------------------------------------------------------------ */
 /* reporting: inet_getname / inet6_getname                             */
 
-struct toa_getname_args {
-	struct socket *sock;
-	struct sockaddr *uaddr;
-	int peer;
-};
-
-/* int inet{,6}_getname(struct socket *sock, struct sockaddr *uaddr,
- *			int peer)
- */
-static int toa_getname_entry(struct kretprobe_instance *ri,
-			     struct pt_regs *regs)
-{
-	struct toa_getname_args *d = (struct toa_getname_args *)ri->data;
-	struct sock *sk;
-
-	if (!atomic_read(&toa_nr_entries))
-		return 1;	/* nothing to do: no return probe */
-	d->sock = (struct socket *)regs_get_kernel_argument(regs, 0);
-	d->uaddr = (struct sockaddr *)regs_get_kernel_argument(regs, 1);
-	d->peer = (int)regs_get_kernel_argument(regs, 2);
-	sk = d->sock ? d->sock->sk : NULL;
-	if (!sk || sk->sk_protocol != IPPROTO_TCP)
-		return 1;
-	return 0;
-}
-
 /*
  * Write @a (client for a peer name, vip for our own name) over the
  * result of inet_getname (@sock_family AF_INET) or inet6_getname.
@@ -480,37 +457,214 @@ static int toa_write_name(struct sockaddr *uaddr, int len, u16 sock_family,
 	return len;
 }
 
-static int toa_getname_ret(struct kretprobe_instance *ri,
-			   struct pt_regs *regs, u16 sock_family)
+/* Rewrite the result @len of the original getname, if @sock has an entry. */
+static int toa_getname_fix(struct socket *sock, struct sockaddr *uaddr,
+			   int peer, int len, u16 sock_family)
 {
-	struct toa_getname_args *d = (struct toa_getname_args *)ri->data;
-	int len = (int)regs_return_value(regs);
 	struct toa_addrs a;
-	int nlen;
 
 	if (len < 0)
-		return 0;
-	if (!toa_get(d->sock->sk, &a)) {
+		return len;
+	if (!toa_get(sock->sk, &a)) {
 		toa_inc(TOA_STAT_GETNAME_MISS);
-		return 0;
+		return len;
 	}
 	toa_inc(TOA_STAT_GETNAME_HIT);
-	nlen = toa_write_name(d->uaddr, len, sock_family, &a, d->peer);
-	if (nlen != len)
-		regs_set_return_value(regs, nlen);
+	return toa_write_name(uaddr, len, sock_family, &a, peer);
+}
+
+/*
+ * The hook.  A kretprobe on getname cost every call on the system the
+ * kprobe machinery and a return trampoline; instead an ftrace_ops on
+ * inet_getname / inet6_getname (the ops tables stay read-only) whose
+ * callback, only for a TCP socket while the table holds entries, points
+ * regs->ip at toa_inet{,6}_getname.  Every other call costs the callback
+ * alone.  The wrapper calls the original through its address past the
+ * fentry call site, so ftrace does not fire twice (the parent_ip check
+ * in the callback would let such a nested call through anyway).
+ *
+ * No FTRACE_OPS_FL_RECURSION: its helper (recursion lock, preemption
+ * off) doubled the cost of the hook, and the callback cannot recurse, it
+ * calls nothing traceable.  It may be preempted: ftrace_shutdown() waits
+ * for an RCU-tasks grace period for ops of a module.
+ *
+ * Unloading: once unregister_ftrace_function() returned no callback runs;
+ * a task it redirected counted itself in toa_getname_busy (from the
+ * callback, before it left the trampoline) until the wrapper is done; an
+ * RCU-tasks grace period then covers the wrapper's last instructions.
+ */
+typedef int (*toa_getname_t)(struct socket *sock, struct sockaddr *uaddr,
+			     int peer);
+
+struct toa_hook {
+	const char *name;
+	void *wrapper;
+	toa_getname_t orig;
+	struct ftrace_ops ops;
+	bool registered;
+};
+
+static DEFINE_PER_CPU(int, toa_getname_busy);
+
+/* Redirected calls not finished yet; exact once no new one can start. */
+static int toa_getname_busy_sum(void)
+{
+	int cpu, n = 0;
+
+	for_each_possible_cpu(cpu)
+		n += READ_ONCE(per_cpu(toa_getname_busy, cpu));
+	return n;
+}
+
+static int toa_inet_getname(struct socket *sock, struct sockaddr *uaddr,
+			    int peer);
+static int toa_inet6_getname(struct socket *sock, struct sockaddr *uaddr,
+			     int peer);
+
+static void notrace toa_getname_ftrace(unsigned long ip,
+				       unsigned long parent_ip,
+				       struct ftrace_ops *ops,
+				       struct ftrace_regs *fregs);
+
+#define TOA_HOOK(_name, _wrapper) {					\
+	.name		= _name,					\
+	.wrapper	= _wrapper,					\
+	.ops = {							\
+		.func	= toa_getname_ftrace,				\
+		.flags	= FTRACE_OPS_FL_SAVE_REGS |			\
+			  FTRACE_OPS_FL_IPMODIFY,			\
+	},								\
+}
+
+static struct toa_hook toa_hooks[] = {
+	TOA_HOOK("inet_getname", toa_inet_getname),
+	TOA_HOOK("inet6_getname", toa_inet6_getname),
+};
+
+/* int inet{,6}_getname(struct socket *sock, struct sockaddr *uaddr,
+ *			int peer)
+ */
+static void notrace toa_getname_ftrace(unsigned long ip,
+				       unsigned long parent_ip,
+				       struct ftrace_ops *ops,
+				       struct ftrace_regs *fregs)
+{
+	struct toa_hook *h = container_of(ops, struct toa_hook, ops);
+	struct pt_regs *regs = ftrace_get_regs(fregs);
+	const struct socket *sock;
+	const struct sock *sk;
+
+	/* the wrapper calling the original */
+	if (within_module(parent_ip, THIS_MODULE))
+		return;
+	/* most calls: nothing stored, or not TCP */
+	if (!atomic_read(&toa_nr_entries))
+		return;
+	sock = (const struct socket *)regs_get_kernel_argument(regs, 0);
+	sk = sock ? READ_ONCE(sock->sk) : NULL;
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return;
+	this_cpu_inc(toa_getname_busy);
+	regs->ip = (unsigned long)h->wrapper;
+}
+
+static int toa_inet_getname(struct socket *sock, struct sockaddr *uaddr,
+			    int peer)
+{
+	int len = toa_hooks[0].orig(sock, uaddr, peer);
+
+	len = toa_getname_fix(sock, uaddr, peer, len, AF_INET);
+	this_cpu_dec(toa_getname_busy);
+	return len;
+}
+
+static int toa_inet6_getname(struct socket *sock, struct sockaddr *uaddr,
+			     int peer)
+{
+	int len = toa_hooks[1].orig(sock, uaddr, peer);
+
+	len = toa_getname_fix(sock, uaddr, peer, len, AF_INET6);
+	this_cpu_dec(toa_getname_busy);
+	return len;
+}
+
+/*
+ * The fentry call site of @name, the function's first instruction (no
+ * IBT), or 0.  kallsyms_lookup_name() is not exported: a transient kprobe
+ * resolves the name, and says whether its address is that call site.
+ */
+static unsigned long toa_resolve(const char *name)
+{
+	struct kprobe kp = { .symbol_name = name };
+	unsigned long addr = 0;
+
+	if (IS_ENABLED(CONFIG_X86_KERNEL_IBT))
+		return 0;	/* the indirect call would need the ENDBR */
+	if (register_kprobe(&kp))
+		return 0;
+	if (kprobe_ftrace(&kp))
+		addr = (unsigned long)kp.addr;
+	unregister_kprobe(&kp);
+	return addr;
+}
+
+static void toa_unregister_hooks(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(toa_hooks); i++) {
+		struct toa_hook *h = &toa_hooks[i];
+
+		if (!h->registered)
+			continue;
+		/* ftrace_shutdown(): no callback runs once this returns */
+		unregister_ftrace_function(&h->ops);
+		ftrace_free_filter(&h->ops);
+		h->registered = false;
+	}
+	/* redirected calls still inside a wrapper (lock_sock may sleep) */
+	while (toa_getname_busy_sum())
+		msleep(20);
+	/* and the wrapper's last instructions after the decrement */
+	synchronize_rcu_tasks();
+}
+
+static int toa_register_hooks(void)
+{
+	unsigned int i;
+	int err;
+
+	for (i = 0; i < ARRAY_SIZE(toa_hooks); i++) {
+		struct toa_hook *h = &toa_hooks[i];
+		unsigned long addr = toa_resolve(h->name);
+
+		if (!addr) {
+			pr_err("%s: no ftrace site at its entry\n", h->name);
+			err = -ENOENT;
+			goto fail;
+		}
+		/* past the fentry call: the original, without the hook */
+		h->orig = (toa_getname_t)(addr + MCOUNT_INSN_SIZE);
+		err = ftrace_set_filter_ip(&h->ops, addr, 0, 0);
+		if (err) {
+			pr_err("ftrace_set_filter_ip(%s) failed: %d\n",
+			       h->name, err);
+			goto fail;
+		}
+		err = register_ftrace_function(&h->ops);
+		if (err) {
+			pr_err("register_ftrace_function(%s) failed: %d\n",
+			       h->name, err);
+			ftrace_free_filter(&h->ops);
+			goto fail;
+		}
+		h->registered = true;
+	}
 	return 0;
-}
 
-static int toa_getname4_ret(struct kretprobe_instance *ri,
-			    struct pt_regs *regs)
-{
-	return toa_getname_ret(ri, regs, AF_INET);
-}
-
-static int toa_getname6_ret(struct kretprobe_instance *ri,
-			    struct pt_regs *regs)
-{
-	return toa_getname_ret(ri, regs, AF_INET6);
+fail:
+	toa_unregister_hooks();
+	return err;
 }
 
 /* ------------------------------------------------------------------ */
@@ -530,22 +684,8 @@ static struct kretprobe toa_krp_syn6 = {
 	.data_size	= sizeof(struct toa_syn_args),
 };
 
-static struct kretprobe toa_krp_getname4 = {
-	.kp.symbol_name	= "inet_getname",
-	.entry_handler	= toa_getname_entry,
-	.handler	= toa_getname4_ret,
-	.data_size	= sizeof(struct toa_getname_args),
-};
-
-static struct kretprobe toa_krp_getname6 = {
-	.kp.symbol_name	= "inet6_getname",
-	.entry_handler	= toa_getname_entry,
-	.handler	= toa_getname6_ret,
-	.data_size	= sizeof(struct toa_getname_args),
-};
-
 static struct kretprobe *toa_krps[] = {
-	&toa_krp_syn4, &toa_krp_syn6, &toa_krp_getname4, &toa_krp_getname6,
+	&toa_krp_syn4, &toa_krp_syn6,
 };
 
 static struct kprobe toa_kp_destroy = {
@@ -561,9 +701,6 @@ static int toa_register_probes(void)
 	/* softirq, never sleeps: a few per CPU (v6 nests v4) */
 	toa_krp_syn4.maxactive = max(16, 4 * cpus);
 	toa_krp_syn6.maxactive = max(16, 4 * cpus);
-	/* process context; inet_getname may sleep in lock_sock() */
-	toa_krp_getname4.maxactive = max(128, 16 * cpus);
-	toa_krp_getname6.maxactive = max(128, 16 * cpus);
 
 	/* destroy first: whatever gets stored can be removed */
 	err = register_kprobe(&toa_kp_destroy);
@@ -574,18 +711,23 @@ static int toa_register_probes(void)
 	}
 	err = register_kretprobes(toa_krps, ARRAY_SIZE(toa_krps));
 	if (err) {
-		pr_err("kretprobes (%s, %s, %s, %s) failed: %d\n",
+		pr_err("kretprobes (%s, %s) failed: %d\n",
 		       toa_krp_syn4.kp.symbol_name, toa_krp_syn6.kp.symbol_name,
-		       toa_krp_getname4.kp.symbol_name,
-		       toa_krp_getname6.kp.symbol_name, err);
+		       err);
 		unregister_kprobe(&toa_kp_destroy);
 		return err;
 	}
-	return 0;
+	err = toa_register_hooks();
+	if (err) {
+		unregister_kretprobes(toa_krps, ARRAY_SIZE(toa_krps));
+		unregister_kprobe(&toa_kp_destroy);
+	}
+	return err;
 }
 
 static void toa_unregister_probes(void)
 {
+	toa_unregister_hooks();
 	/* waits for running handlers; pending returns see no handler */
 	unregister_kretprobes(toa_krps, ARRAY_SIZE(toa_krps));
 	unregister_kprobe(&toa_kp_destroy);
