@@ -13,6 +13,12 @@ the ``pack`` methods here are their only Python spelling.  The insertion
 rule, the MSS rule and the flow-state lifetime are documented at the top of
 bpf/lb.c.
 
+Every command (ip, nsenter, bpftool, ethtool, mount) goes through a
+``bpf.Runner`` chosen from the lab's engine (``runner_for``): subprocess on
+the host engine, the guest's ``VMSession.run`` on the VM engine, so the
+program, its pins (the guest's own bpffs) and the maps live in the kernel
+the lab's namespaces are in.
+
 Per-node settings (``params.fullnat`` of the lb node, all optional):
 ``udp_opt_pkts`` (UDP packets per flow that carry the option, default 1),
 ``tcp_idle`` / ``udp_idle`` (flow idle lifetime, seconds), ``lport_min`` /
@@ -25,10 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import struct
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -329,25 +335,36 @@ class LbHandle:
     pin_dir: Path
     peers: list[tuple[str, str]] = field(default_factory=list)  # (ns, ifname) with xdp_pass
     vxlan_devs: list[tuple[str, str]] = field(default_factory=list)
+    runner: bpf.Runner = bpf.local_runner  # the kernel it lives in (runner_for)
+
+    @property
+    def sys(self) -> Sys:
+        return Sys(self.runner)
 
     def map_id(self, name: str) -> int:
-        return bpf.map_id(self.prog_id, name)
+        ids = self.sys.prog_map_ids(self.prog_id)
+        # the kernel keeps 15 characters of a map name
+        if name[:15] not in ids:
+            have = ", ".join(ids) or "none"
+            raise LbError(f"program {self.prog_id} uses no map named {name} (maps: {have})")
+        return ids[name[:15]]
 
     def counters(self) -> dict[str, int]:
-        return counters(bpf.map_dump_id(self.map_id(M_COUNTERS)))
+        return counters(self.sys.map_dump(self.map_id(M_COUNTERS)))
 
     def flows(self) -> list[Flow]:
-        return flows(bpf.map_dump_id(self.map_id(M_FWD)))
+        return flows(self.sys.map_dump(self.map_id(M_FWD)))
 
     def detach(self) -> None:
+        sys_ = self.sys
         for ifname in self.ifnames:
-            bpf.detach_xdp(self.lb_ns, ifname)
+            sys_.detach_xdp(self.lb_ns, ifname)
         for ns, ifname in self.peers:
-            bpf.detach_xdp(ns, ifname)
+            sys_.detach_xdp(ns, ifname)
         for ns, dev in self.vxlan_devs:
-            subprocess.run(["ip", "-n", ns, "link", "del", dev], capture_output=True)
-        shutil.rmtree(self.pin_dir, ignore_errors=True)
-        _rmdir_empty(PIN_ROOT)
+            sys_.runner(["ip", "-n", ns, "link", "del", dev], 60)
+        sys_.runner(["rm", "-rf", str(self.pin_dir)], 60)
+        sys_.runner(["rmdir", str(PIN_ROOT)], 60)  # when empty
 
 
 def enabled(topo: Topology) -> bool:
@@ -366,10 +383,11 @@ def attached(lab: Lab) -> LbHandle:
     params = node.params.get("fullnat") or {}
     ns = lab.engine.record.ns(node.name)
     ifnames = [str(params.get("client_if", "eth0")), str(params.get("rs_if", "eth1"))]
-    pid = bpf.xdp_prog_id(ns, ifnames[0])
+    runner = runner_for(lab)
+    pid = Sys(runner).xdp_prog_id(ns, ifnames[0])
     if pid is None:
         raise LbError(f"lab '{lab.name}': no XDP LB on {node.name}:{ifnames[0]}")
-    return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name)
+    return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name, runner=runner)
 
 
 def remove_pins(lab_name: str | None = None) -> list[str]:
@@ -389,21 +407,121 @@ def _rmdir_empty(p: Path) -> None:
         p.rmdir()
 
 
-def _run(argv: list[str], what: str) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise LbError(f"{what}: {argv[0]} is not installed") from None
-    if p.returncode != 0:
-        raise LbError(f"{what} failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
-    return p.stdout
+def runner_for(lab: Lab) -> bpf.Runner:
+    """Where the lab's kernel is: the host's (subprocess), or the VM engine's
+    guest (its VMSession's ``run``, in the guest's root namespace)."""
+    if lab.engine.kind != "vm":
+        return bpf.local_runner
+    vm = lab.engine.vm()  # type: ignore[attr-defined]
+
+    def run_in_guest(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        r = vm.run(argv, timeout=timeout)
+        return r.returncode, r.stdout, r.stderr
+
+    return run_in_guest
 
 
-def _ensure_bpffs() -> None:
-    with open("/proc/mounts") as f:
-        if any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in f):
+@dataclass(frozen=True)
+class Sys:
+    """The commands the LB's control plane runs, through one runner (the lab.bpf
+    attach/map helpers, which run on the host only, spelled for any runner)."""
+
+    runner: bpf.Runner = bpf.local_runner
+
+    def run(self, argv: list[str], what: str) -> str:
+        try:
+            code, out, err = self.runner(argv, 60)
+        except FileNotFoundError:
+            raise LbError(f"{what}: {argv[0]} is not installed") from None
+        if code != 0:
+            raise LbError(f"{what} failed: {(err or out).strip().splitlines()[-1:]}")
+        return out
+
+    def ip(self, netns: str | None, args: list[str]) -> tuple[int, str, str]:
+        return self.runner(["ip", *(["-n", netns] if netns else []), *args], 60)
+
+    def link(self, netns: str | None, ifname: str) -> dict:
+        code, out, err = self.ip(netns, ["-j", "-d", "link", "show", "dev", ifname])
+        if code != 0:
+            raise LbError(f"no interface {ifname} in {netns or 'the root namespace'}: {err.strip()}")
+        return json.loads(out)[0]
+
+    def ifindex(self, netns: str | None, ifname: str) -> int:
+        return int(self.link(netns, ifname)["ifindex"])
+
+    def mac(self, netns: str | None, ifname: str) -> bytes:
+        return bytes.fromhex(self.link(netns, ifname)["address"].replace(":", ""))
+
+    def xdp_prog_id(self, netns: str | None, ifname: str) -> int | None:
+        xdp = self.link(netns, ifname).get("xdp") or {}
+        prog = xdp.get("prog") or {}
+        if "id" in prog:
+            return int(prog["id"])
+        for att in xdp.get("attached", []):
+            if "prog" in att:
+                return int(att["prog"]["id"])
+        return None
+
+    def attach_xdp(self, netns: str, ifname: str, obj: Path, sec: str = "xdp") -> None:
+        """Native XDP (bpf.attach_xdp's mode drv)."""
+        self.ip(netns, ["link", "set", "dev", ifname, "xdpgeneric", "off"])
+        code, _, err = self.ip(netns, ["link", "set", "dev", ifname, "xdpdrv", "obj", str(obj), "sec", sec])
+        if code != 0:
+            raise LbError(f"attaching {obj} sec {sec} to {netns}:{ifname} (xdpdrv) failed: {err.strip()}")
+
+    def detach_xdp(self, netns: str, ifname: str) -> None:
+        for flag in ("xdpdrv", "xdpgeneric"):
+            self.ip(netns, ["link", "set", "dev", ifname, flag, "off"])
+
+    def tx_checksum_off(self, netns: str, ifname: str) -> None:
+        """See bpf.tx_checksum_off."""
+        argv = ["ip", "netns", "exec", netns, "ethtool", "-K", ifname, "tx", "off"]
+        self.run(argv, " ".join(argv))
+
+    def bpftool(self, args: list[str]) -> object:
+        out = self.run(["bpftool", "-j", *args], f"bpftool {' '.join(args[:4])}")
+        return json.loads(out) if out.strip() else None
+
+    def prog_map_ids(self, prog_id: int) -> dict[str, int]:
+        info = self.bpftool(["prog", "show", "id", str(prog_id)])
+        assert isinstance(info, dict)
+        out: dict[str, int] = {}
+        for mid in info.get("map_ids", []):
+            m = self.bpftool(["map", "show", "id", str(mid)])
+            assert isinstance(m, dict)
+            out[str(m.get("name", ""))] = int(mid)
+        return out
+
+    def map_update(self, mid: int, key: bytes, value: bytes) -> None:
+        self.bpftool(["map", "update", "id", str(mid), "key", *_hexwords(key), "value", *_hexwords(value)])
+
+    def map_dump(self, mid: int) -> list[bpf.MapEntry]:
+        """All entries of a live map; per-CPU maps give one value per CPU."""
+        out = []
+        for e in self.bpftool(["map", "dump", "id", str(mid)]) or []:  # type: ignore[union-attr]
+            assert isinstance(e, dict)
+            if "values" in e:
+                vals = tuple(_bytes_of(v["value"]) for v in sorted(e["values"], key=lambda v: v["cpu"]))
+            else:
+                vals = (_bytes_of(e["value"]),)
+            out.append(bpf.MapEntry(_bytes_of(e["key"]), vals))
+        return out
+
+    def ensure_bpffs(self) -> None:
+        mounts = self.run(["cat", "/proc/mounts"], "reading /proc/mounts")
+        if any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in mounts.splitlines()):
             return
-    _run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], "mounting bpffs on /sys/fs/bpf")
+        self.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], "mounting bpffs on /sys/fs/bpf")
+
+
+def _hexwords(b: bytes) -> list[str]:
+    return [f"0x{x:02x}" for x in b]
+
+
+def _bytes_of(v: object) -> bytes:
+    if isinstance(v, list):
+        return bytes(int(x, 16) if isinstance(x, str) else int(x) for x in v)
+    raise LbError(f"unexpected bpftool value {v!r}")
 
 
 def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
@@ -429,10 +547,12 @@ def _rs_ifname(topo: Topology, rs: str) -> str:
 
 
 def service_config(
-    lab: Lab, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str, opt_pkts: int
-) -> tuple[Svc, list[Rs], list[IpAddr | str]]:
+    lab: Lab, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str, opt_pkts: int,
+    sys_: Sys | None = None,
+) -> tuple[Svc, list[Rs], list[IpAddr | str]]:  # fmt: skip
     """The map entries of one service, next hops read from the running lab."""
     rec = lab.engine.record
+    sys_ = sys_ or Sys(runner_for(lab))
     if not svc.local:
         raise LbError(f"service {svc.name}: no local addresses")
     rs_family = svc.local[0].version
@@ -444,9 +564,9 @@ def service_config(
         rs = Rs(
             rip=rip,
             rport=svc.rs_port,
-            ifindex=bpf.ifindex(lb_ns, rs_if),
-            smac=bpf.mac(lb_ns, rs_if),
-            dmac=bpf.mac(rec.ns(name), ifname),
+            ifindex=sys_.ifindex(lb_ns, rs_if),
+            smac=sys_.mac(lb_ns, rs_if),
+            dmac=sys_.mac(rec.ns(name), ifname),
         )
         if svc.vxlan:
             vx = node.params.get("vxlan") or {}
@@ -461,8 +581,8 @@ def service_config(
                 dmac=rs.dmac,
                 vtep_src=str(topo.node(svc.lb).address(4)),
                 vtep_dst=str(node.address(4)),
-                inner_smac=bpf.mac(lb_ns, rs_if),
-                inner_dmac=bpf.mac(rec.ns(name), dev),
+                inner_smac=sys_.mac(lb_ns, rs_if),
+                inner_dmac=sys_.mac(rec.ns(name), dev),
                 vni=int(vx["vni"]),
             )
         rss.append(rs)
@@ -498,6 +618,7 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
     seed's XRS): it decapsulates the LB's packets; the inner packet, option
     and all, is then received as if it had come in on the wire."""
     rec = lab.engine.record
+    run = handle.sys.run
     done: set[str] = set()
     for svc in topo.services.values():
         if not svc.vxlan:
@@ -511,7 +632,7 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
             dev = str(vx.get("dev", "vx0"))
             ns = rec.ns(name)
             ifname = _rs_ifname(topo, name)
-            _run(
+            run(
                 [
                     "ip",
                     "-n",
@@ -533,9 +654,9 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
                 f"creating {dev} on {name}",
             )
             handle.vxlan_devs.append((ns, dev))
-            _run(["ip", "-n", ns, "link", "set", dev, "up"], f"bringing {dev} up on {name}")
+            run(["ip", "-n", ns, "link", "set", dev, "up"], f"bringing {dev} up on {name}")
             for conf in ("all", dev, ifname):
-                _run(
+                run(
                     ["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0"],
                     f"rp_filter on {name}",
                 )
@@ -564,16 +685,17 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
     opt_pkts = int(params.get("udp_opt_pkts", 1))
     rec = lab.engine.record
     lb_ns = rec.ns(lb_node)
-    obj = bpf.obj_path(BPF_OBJ)
-    _ensure_bpffs()
+    obj = bpf.obj_path(BPF_OBJ)  # built on the host; a VM guest reads it over its 9p root
+    sys_ = Sys(runner_for(lab))
+    sys_.ensure_bpffs()
     pin_dir = PIN_ROOT / lab.name
-    shutil.rmtree(pin_dir, ignore_errors=True)
-    pin_dir.mkdir(parents=True)
-    handle = LbHandle(lab.name, lb_ns, [], 0, pin_dir)
+    sys_.runner(["rm", "-rf", str(pin_dir)], 60)
+    sys_.run(["mkdir", "-p", str(pin_dir)], f"creating {pin_dir}")
+    handle = LbHandle(lab.name, lb_ns, [], 0, pin_dir, runner=sys_.runner)
     try:
-        (pin_dir / "maps").mkdir()
+        sys_.run(["mkdir", str(pin_dir / "maps")], f"creating {pin_dir / 'maps'}")
         prog_pin = pin_dir / "prog"
-        _run(
+        sys_.run(
             [
                 "bpftool",
                 "prog",
@@ -594,12 +716,12 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
         pass_obj = bpf.obj_path("xdp_pass")
         for ifname in (client_if, rs_if):
             pnode, pif = _peer(topo, lb_node, ifname)
-            bpf.tx_checksum_off(lb_ns, ifname)
-            bpf.tx_checksum_off(rec.ns(pnode), pif)
-            bpf.attach_xdp(rec.ns(pnode), pif, pass_obj)
+            sys_.tx_checksum_off(lb_ns, ifname)
+            sys_.tx_checksum_off(rec.ns(pnode), pif)
+            sys_.attach_xdp(rec.ns(pnode), pif, pass_obj)
             handle.peers.append((rec.ns(pnode), pif))
         for ifname in (client_if, rs_if):
-            _run(
+            sys_.run(
                 [
                     "nsenter",
                     f"--net={os.path.join('/run/netns', lb_ns)}",
@@ -616,21 +738,22 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
                 f"attaching {BPF_PROG} to {lb_node}:{ifname}",
             )
             handle.ifnames.append(ifname)
-        pid = bpf.xdp_prog_id(lb_ns, client_if)
+        pid = sys_.xdp_prog_id(lb_ns, client_if)
         if pid is None:
             raise LbError(f"{lb_node}:{client_if}: no XDP program after attach")
         handle.prog_id = pid
         entries = [
-            service_config(lab, topo, s, sid, lb_ns, rs_if, client_if, opt_pkts) for sid, s in enumerate(svcs)
+            service_config(lab, topo, s, sid, lb_ns, rs_if, client_if, opt_pkts, sys_)
+            for sid, s in enumerate(svcs)
         ]
         flat = [(sv, rss, locs) for svl, rss, locs in entries for sv in svl]  # type: ignore[union-attr]
-        ports = {bpf.ifindex(lb_ns, client_if): PORT_CLIENT, bpf.ifindex(lb_ns, rs_if): PORT_RS}
-        ids = bpf.prog_map_ids(pid)
+        ports = {sys_.ifindex(lb_ns, client_if): PORT_CLIENT, sys_.ifindex(lb_ns, rs_if): PORT_RS}
+        ids = sys_.prog_map_ids(pid)
         for u in tables(flat, cfg, ports):
             mid = ids.get(u.map[:15])
             if mid is None:
                 raise LbError(f"program {pid} has no map {u.map}")
-            bpf.map_update_id(mid, u.key, u.value)
+            sys_.map_update(mid, u.key, u.value)
     except BaseException:
         handle.detach()
         raise
