@@ -379,6 +379,11 @@ static unsigned int uoa_in4(void *priv, struct sk_buff *skb,
 				sizeof(_uh), &_uh);
 	if (!uh)
 		return NF_ACCEPT;
+	/* no IPv4 options, no option 31: the common case */
+	if (iph->ihl <= 5) {
+		uoa_inc(UOA_STAT_MISSING);
+		return NF_ACCEPT;
+	}
 
 	memset(&k, 0, sizeof(k));
 	k.net = state->net;
@@ -401,6 +406,13 @@ static unsigned int uoa_in6(void *priv, struct sk_buff *skb,
 	struct udphdr _uh;
 	struct uoa_key k;
 
+	/* UDP right after the fixed header: no extension header, no option */
+	if (ip6h->nexthdr == IPPROTO_UDP) {
+		if (skb_header_pointer(skb, skb_network_offset(skb) +
+				       sizeof(*ip6h), sizeof(_uh), &_uh))
+			uoa_inc(UOA_STAT_MISSING);
+		return NF_ACCEPT;
+	}
 	/* Not a first fragment, or no UDP header: nothing to key on. */
 	if (ipv6_find_hdr(skb, &thoff, IPPROTO_UDP, NULL, NULL) != IPPROTO_UDP)
 		return NF_ACCEPT;
