@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import shutil
 import struct
@@ -338,16 +337,11 @@ class LbHandle:
     runner: bpf.Runner = bpf.local_runner  # the kernel it lives in (runner_for)
 
     @property
-    def sys(self) -> Sys:
-        return Sys(self.runner)
+    def sys(self) -> bpf.Sys:
+        return bpf.Sys(self.runner)
 
     def map_id(self, name: str) -> int:
-        ids = self.sys.prog_map_ids(self.prog_id)
-        # the kernel keeps 15 characters of a map name
-        if name[:15] not in ids:
-            have = ", ".join(ids) or "none"
-            raise LbError(f"program {self.prog_id} uses no map named {name} (maps: {have})")
-        return ids[name[:15]]
+        return self.sys.map_id(self.prog_id, name)
 
     def counters(self) -> dict[str, int]:
         return counters(self.sys.map_dump(self.map_id(M_COUNTERS)))
@@ -384,7 +378,7 @@ def attached(lab: Lab) -> LbHandle:
     ns = lab.engine.record.ns(node.name)
     ifnames = [str(params.get("client_if", "eth0")), str(params.get("rs_if", "eth1"))]
     runner = runner_for(lab)
-    pid = Sys(runner).xdp_prog_id(ns, ifnames[0])
+    pid = bpf.Sys(runner).xdp_prog_id(ns, ifnames[0])
     if pid is None:
         raise LbError(f"lab '{lab.name}': no XDP LB on {node.name}:{ifnames[0]}")
     return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name, runner=runner)
@@ -421,109 +415,6 @@ def runner_for(lab: Lab) -> bpf.Runner:
     return run_in_guest
 
 
-@dataclass(frozen=True)
-class Sys:
-    """The commands the LB's control plane runs, through one runner (the lab.bpf
-    attach/map helpers, which run on the host only, spelled for any runner)."""
-
-    runner: bpf.Runner = bpf.local_runner
-
-    def run(self, argv: list[str], what: str) -> str:
-        try:
-            code, out, err = self.runner(argv, 60)
-        except FileNotFoundError:
-            raise LbError(f"{what}: {argv[0]} is not installed") from None
-        if code != 0:
-            raise LbError(f"{what} failed: {(err or out).strip().splitlines()[-1:]}")
-        return out
-
-    def ip(self, netns: str | None, args: list[str]) -> tuple[int, str, str]:
-        return self.runner(["ip", *(["-n", netns] if netns else []), *args], 60)
-
-    def link(self, netns: str | None, ifname: str) -> dict:
-        code, out, err = self.ip(netns, ["-j", "-d", "link", "show", "dev", ifname])
-        if code != 0:
-            raise LbError(f"no interface {ifname} in {netns or 'the root namespace'}: {err.strip()}")
-        return json.loads(out)[0]
-
-    def ifindex(self, netns: str | None, ifname: str) -> int:
-        return int(self.link(netns, ifname)["ifindex"])
-
-    def mac(self, netns: str | None, ifname: str) -> bytes:
-        return bytes.fromhex(self.link(netns, ifname)["address"].replace(":", ""))
-
-    def xdp_prog_id(self, netns: str | None, ifname: str) -> int | None:
-        xdp = self.link(netns, ifname).get("xdp") or {}
-        prog = xdp.get("prog") or {}
-        if "id" in prog:
-            return int(prog["id"])
-        for att in xdp.get("attached", []):
-            if "prog" in att:
-                return int(att["prog"]["id"])
-        return None
-
-    def attach_xdp(self, netns: str, ifname: str, obj: Path, sec: str = "xdp") -> None:
-        """Native XDP (bpf.attach_xdp's mode drv)."""
-        self.ip(netns, ["link", "set", "dev", ifname, "xdpgeneric", "off"])
-        code, _, err = self.ip(netns, ["link", "set", "dev", ifname, "xdpdrv", "obj", str(obj), "sec", sec])
-        if code != 0:
-            raise LbError(f"attaching {obj} sec {sec} to {netns}:{ifname} (xdpdrv) failed: {err.strip()}")
-
-    def detach_xdp(self, netns: str, ifname: str) -> None:
-        for flag in ("xdpdrv", "xdpgeneric"):
-            self.ip(netns, ["link", "set", "dev", ifname, flag, "off"])
-
-    def tx_checksum_off(self, netns: str, ifname: str) -> None:
-        """See bpf.tx_checksum_off."""
-        argv = ["ip", "netns", "exec", netns, "ethtool", "-K", ifname, "tx", "off"]
-        self.run(argv, " ".join(argv))
-
-    def bpftool(self, args: list[str]) -> object:
-        out = self.run(["bpftool", "-j", *args], f"bpftool {' '.join(args[:4])}")
-        return json.loads(out) if out.strip() else None
-
-    def prog_map_ids(self, prog_id: int) -> dict[str, int]:
-        info = self.bpftool(["prog", "show", "id", str(prog_id)])
-        assert isinstance(info, dict)
-        out: dict[str, int] = {}
-        for mid in info.get("map_ids", []):
-            m = self.bpftool(["map", "show", "id", str(mid)])
-            assert isinstance(m, dict)
-            out[str(m.get("name", ""))] = int(mid)
-        return out
-
-    def map_update(self, mid: int, key: bytes, value: bytes) -> None:
-        self.bpftool(["map", "update", "id", str(mid), "key", *_hexwords(key), "value", *_hexwords(value)])
-
-    def map_dump(self, mid: int) -> list[bpf.MapEntry]:
-        """All entries of a live map; per-CPU maps give one value per CPU."""
-        out = []
-        for e in self.bpftool(["map", "dump", "id", str(mid)]) or []:  # type: ignore[union-attr]
-            assert isinstance(e, dict)
-            if "values" in e:
-                vals = tuple(_bytes_of(v["value"]) for v in sorted(e["values"], key=lambda v: v["cpu"]))
-            else:
-                vals = (_bytes_of(e["value"]),)
-            out.append(bpf.MapEntry(_bytes_of(e["key"]), vals))
-        return out
-
-    def ensure_bpffs(self) -> None:
-        mounts = self.run(["cat", "/proc/mounts"], "reading /proc/mounts")
-        if any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in mounts.splitlines()):
-            return
-        self.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], "mounting bpffs on /sys/fs/bpf")
-
-
-def _hexwords(b: bytes) -> list[str]:
-    return [f"0x{x:02x}" for x in b]
-
-
-def _bytes_of(v: object) -> bytes:
-    if isinstance(v, list):
-        return bytes(int(x, 16) if isinstance(x, str) else int(x) for x in v)
-    raise LbError(f"unexpected bpftool value {v!r}")
-
-
 def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
     for a, b in topo.links_of(node):
         if a.ifname == ifname:
@@ -548,11 +439,11 @@ def _rs_ifname(topo: Topology, rs: str) -> str:
 
 def service_config(
     lab: Lab, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str, opt_pkts: int,
-    sys_: Sys | None = None,
+    sys_: bpf.Sys | None = None,
 ) -> tuple[Svc, list[Rs], list[IpAddr | str]]:  # fmt: skip
     """The map entries of one service, next hops read from the running lab."""
     rec = lab.engine.record
-    sys_ = sys_ or Sys(runner_for(lab))
+    sys_ = sys_ or bpf.Sys(runner_for(lab))
     if not svc.local:
         raise LbError(f"service {svc.name}: no local addresses")
     rs_family = svc.local[0].version
@@ -686,7 +577,7 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
     rec = lab.engine.record
     lb_ns = rec.ns(lb_node)
     obj = bpf.obj_path(BPF_OBJ)  # built on the host; a VM guest reads it over its 9p root
-    sys_ = Sys(runner_for(lab))
+    sys_ = bpf.Sys(runner_for(lab))
     sys_.ensure_bpffs()
     pin_dir = PIN_ROOT / lab.name
     sys_.runner(["rm", "-rf", str(pin_dir)], 60)
