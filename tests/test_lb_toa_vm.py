@@ -94,7 +94,7 @@ def test_rs_application_sees_the_client(guest: Guest, topo_file: str) -> None:
     art = guest.art
     name = f"lt{CASES.index(topo_file)}-{os.getpid() % 100000}"
     with guest.vm.lab(topo, name=name) as lab:
-        handle = lb.attach(lab)  # the VM engine has no hook to attach it at up
+        handle = lb.attached(lab)  # the VM engine attached it at up
         try:
             _exchange(lab, handle, art, svc.real_servers, family, vip, vport, rport, svc.vxlan)
         finally:

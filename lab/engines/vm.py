@@ -107,6 +107,7 @@ class VMEngine(Engine):
                     f"building lab '{self.name}' in VM '{vm.name}' failed"
                     + (f": {err[-1]}" if err else f" (exit {res.returncode})")
                 )
+            self._attach_programs(topo)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
@@ -114,11 +115,25 @@ class VMEngine(Engine):
         self.record.state = "up"
         self.record.save()
 
+    def _attach_programs(self, topo: Topology) -> None:
+        """The fullnat LB of the topology's services, in the guest's kernel,
+        as the host engine does (its programs die with the namespaces, its
+        pins are removed by down)."""
+        from lab import lb
+
+        if lb.enabled(topo):
+            from lab.lab import Lab
+
+            lb.attach(Lab(self, topo))
+
     def down(self) -> None:
         vm_alive = supervisor_alive(rundir_for(self.vm_name)) is not None
         if vm_alive and not self.owns_vm:
             with contextlib.suppress(LabError):
                 teardown = Plan(lab=self.name, namespaces=self.record.namespaces).render_teardown()
+                from lab.lb import PIN_ROOT
+
+                teardown += f"rm -rf {PIN_ROOT / self.name}\n"
                 self.vm().sh(teardown, timeout=30)
         if self.owns_vm:
             if vm_alive:
