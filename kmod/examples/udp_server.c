@@ -106,8 +106,8 @@ static void show(int n, ssize_t len, const struct sockaddr_storage *peer,
 	void (*fmt)(char *, size_t, const struct sockaddr *);
 
 	fmt = json_mode ? fmt_json : fmt_text;
-	ep_to_ss((const struct toa_ep *)&l->client, &c);
-	ep_to_ss((const struct toa_ep *)&l->vip, &v);
+	ep_to_ss(&l->client, &c);
+	ep_to_ss(&l->vip, &v);
 	fmt(p, sizeof(p), (const struct sockaddr *)peer);
 	fmt(s, sizeof(s), (const struct sockaddr *)local);
 	fmt(lc, sizeof(lc), (const struct sockaddr *)&c);

@@ -43,19 +43,11 @@
 
 #include <linux/types.h>
 
+#include "toa_ep.h"
+
 #define TOA_BASE_CTL		4160
 #define TOA_SO_GET_LOOKUP	(TOA_BASE_CTL + 0)
 #define TOA_SO_GET_MAX		(TOA_BASE_CTL + 1)	/* exclusive */
-
-/* One address and port; family is AF_INET (2) or AF_INET6 (10). */
-struct toa_ep {
-	__u16 family;
-	__be16 port;
-	union {
-		__be32 ip4;
-		__u8 ip6[16];
-	} addr;
-};
 
 struct toa_lookup {
 	struct toa_ep client;	/* out: cip, cport */

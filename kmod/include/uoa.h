@@ -41,19 +41,14 @@
 
 #include <linux/types.h>
 
+#include "toa_ep.h"
+
 #define UOA_BASE_CTL		2112
 #define UOA_SO_GET_LOOKUP	(UOA_BASE_CTL + 0)
 #define UOA_SO_GET_MAX		(UOA_BASE_CTL + 1)	/* exclusive */
 
-/* One address and port; family is AF_INET (2) or AF_INET6 (10). */
-struct uoa_ep {
-	__u16 family;
-	__be16 port;
-	union {
-		__be32 ip4;
-		__u8 ip6[16];
-	} addr;
-};
+/* The same endpoint as toa.h's: struct uoa_ep is struct toa_ep. */
+#define uoa_ep toa_ep
 
 struct uoa_lookup {
 	struct uoa_ep peer;	/* in: the datagram's source (LB lip:lport) */

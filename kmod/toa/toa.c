@@ -47,6 +47,7 @@
 #include "toa_opt.h"
 #include "toa.h"
 #include "toa_parse.h"
+#include "toa_kern.h"
 
 static unsigned int toa_map_table_bits = 12;
 module_param(toa_map_table_bits, uint, 0444);
@@ -60,14 +61,8 @@ enum toa_stat {
 	TOA_STAT_SYN_RECV_V4,
 	TOA_STAT_SYN_RECV_V6,
 	TOA_STAT_NOT_OWNED,
-	TOA_STAT_PARSED_V4_IN4,
-	TOA_STAT_PARSED_V4_IN6,
-	TOA_STAT_PARSED_V6_IN4,
-	TOA_STAT_PARSED_V6_IN6,
-	TOA_STAT_MISSING,
-	TOA_STAT_MALFORMED,	/* + enum toa_opt_err, OK slot unused */
-	TOA_STAT_MALFORMED_END = TOA_STAT_MALFORMED + TOA_OPT_E_MAX,
-	TOA_STAT_GETNAME_HIT = TOA_STAT_MALFORMED_END,
+	TOA_STAT_PARSE,		/* + enum toa_parse_stat */
+	TOA_STAT_GETNAME_HIT = TOA_STAT_PARSE + TOA_PS_MAX,
 	TOA_STAT_GETNAME_MISS,
 	TOA_STAT_GETNAME_STALE,
 	TOA_STAT_GETNAME_6TO4_KTHREAD,
@@ -84,17 +79,7 @@ static const char * const toa_stat_names[TOA_STAT_MAX] = {
 	[TOA_STAT_SYN_RECV_V4]		= "syn_recv_v4",
 	[TOA_STAT_SYN_RECV_V6]		= "syn_recv_v6",
 	[TOA_STAT_NOT_OWNED]		= "syn_recv_not_owned",
-	[TOA_STAT_PARSED_V4_IN4]	= "parsed_v4_in4",
-	[TOA_STAT_PARSED_V4_IN6]	= "parsed_v4_in6",
-	[TOA_STAT_PARSED_V6_IN4]	= "parsed_v6_in4",
-	[TOA_STAT_PARSED_V6_IN6]	= "parsed_v6_in6",
-	[TOA_STAT_MISSING]		= "missing",
-	[TOA_STAT_MALFORMED + TOA_OPT_OK]		= NULL,
-	[TOA_STAT_MALFORMED + TOA_OPT_E_TRUNCATED]	= "malformed_truncated",
-	[TOA_STAT_MALFORMED + TOA_OPT_E_TYPE]		= "malformed_type",
-	[TOA_STAT_MALFORMED + TOA_OPT_E_LENGTH]		= "malformed_length",
-	[TOA_STAT_MALFORMED + TOA_OPT_E_OPERATION]	= "malformed_operation",
-	[TOA_STAT_MALFORMED + TOA_OPT_E_HDRLEN]		= "malformed_hdrlen",
+	TOA_PARSE_STAT_NAMES(TOA_STAT_PARSE),
 	[TOA_STAT_GETNAME_HIT]		= "getname_hit",
 	[TOA_STAT_GETNAME_MISS]		= "getname_miss",
 	[TOA_STAT_GETNAME_STALE]	= "getname_stale",
@@ -112,16 +97,6 @@ static DEFINE_PER_CPU(unsigned long [TOA_STAT_MAX], toa_stats);
 static inline void toa_inc(enum toa_stat s)
 {
 	this_cpu_inc(toa_stats[s]);
-}
-
-static unsigned long toa_stat_sum(enum toa_stat s)
-{
-	unsigned long sum = 0;
-	int cpu;
-
-	for_each_possible_cpu(cpu)
-		sum += per_cpu(toa_stats, cpu)[s];
-	return sum;
 }
 
 /* ------------------------------------------------------------------ */
@@ -142,11 +117,6 @@ struct toa_entry {
 	struct in6_addr daddr6;		/* outer IPv6 */
 	struct in6_addr saddr6;
 	struct toa_addrs a;
-};
-
-struct toa_bucket {
-	struct hlist_head head;
-	spinlock_t lock;		/* writers; readers use RCU */
 };
 
 static struct toa_bucket *toa_table;
@@ -315,21 +285,12 @@ static void toa_learn(const struct sock *sk, const struct sk_buff *skb,
 	else
 		rc = toa_parse_v6(skb, &a);
 
+	toa_inc(TOA_STAT_PARSE + toa_parse_stat(rc, outer, &a));
 	if (rc != TOA_FOUND) {
-		if (rc == TOA_ABSENT)
-			toa_inc(TOA_STAT_MISSING);
-		else
-			toa_inc(TOA_STAT_MALFORMED - rc);
 		/* Drop what an earlier socket at this address left behind. */
 		toa_forget(sk);
 		return;
 	}
-	if (outer == AF_INET)
-		toa_inc(a.family == AF_INET ? TOA_STAT_PARSED_V4_IN4 :
-					      TOA_STAT_PARSED_V4_IN6);
-	else
-		toa_inc(a.family == AF_INET ? TOA_STAT_PARSED_V6_IN4 :
-					      TOA_STAT_PARSED_V6_IN6);
 	toa_store(sk, outer, &a);
 }
 
@@ -373,22 +334,28 @@ static struct sock *toa_syn_child(struct kretprobe_instance *ri,
 	return child;
 }
 
-static int toa_syn4_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+/* The return of tcp_v{4,6}_syn_recv_sock (@outer AF_INET, AF_INET6). */
+static int toa_syn_ret(struct kretprobe_instance *ri, struct pt_regs *regs,
+		       u16 outer)
 {
 	struct toa_syn_args *d = (struct toa_syn_args *)ri->data;
 	struct sock *child = toa_syn_child(ri, regs);
 
 	if (!child)
 		return 0;
-	toa_inc(TOA_STAT_SYN_RECV_V4);
-	toa_learn(child, d->skb, AF_INET);
+	toa_inc(outer == AF_INET ? TOA_STAT_SYN_RECV_V4 : TOA_STAT_SYN_RECV_V6);
+	toa_learn(child, d->skb, outer);
 	return 0;
+}
+
+static int toa_syn4_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	return toa_syn_ret(ri, regs, AF_INET);
 }
 
 static int toa_syn6_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 {
 	struct toa_syn_args *d = (struct toa_syn_args *)ri->data;
-	struct sock *child;
 
 	/*
 	 * An IPv4 packet on an IPv6 listener: tcp_v6_syn_recv_sock called
@@ -396,12 +363,7 @@ static int toa_syn6_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 	 */
 	if (!d->skb || d->skb->protocol != htons(ETH_P_IPV6))
 		return 0;
-	child = toa_syn_child(ri, regs);
-	if (!child)
-		return 0;
-	toa_inc(TOA_STAT_SYN_RECV_V6);
-	toa_learn(child, d->skb, AF_INET6);
-	return 0;
+	return toa_syn_ret(ri, regs, AF_INET6);
 }
 
 /* void tcp_v4_destroy_sock(struct sock *sk) */
@@ -568,24 +530,28 @@ static void notrace toa_getname_ftrace(unsigned long ip,
 	regs->ip = (unsigned long)h->wrapper;
 }
 
+/* The original of @h, fixed for a socket of @sock_family; done. */
+static int toa_getname_wrap(const struct toa_hook *h, u16 sock_family,
+			    struct socket *sock, struct sockaddr *uaddr,
+			    int peer)
+{
+	int len = h->orig(sock, uaddr, peer);
+
+	len = toa_getname_fix(sock, uaddr, peer, len, sock_family);
+	this_cpu_dec(toa_getname_busy);
+	return len;
+}
+
 static int toa_inet_getname(struct socket *sock, struct sockaddr *uaddr,
 			    int peer)
 {
-	int len = toa_hooks[0].orig(sock, uaddr, peer);
-
-	len = toa_getname_fix(sock, uaddr, peer, len, AF_INET);
-	this_cpu_dec(toa_getname_busy);
-	return len;
+	return toa_getname_wrap(&toa_hooks[0], AF_INET, sock, uaddr, peer);
 }
 
 static int toa_inet6_getname(struct socket *sock, struct sockaddr *uaddr,
 			     int peer)
 {
-	int len = toa_hooks[1].orig(sock, uaddr, peer);
-
-	len = toa_getname_fix(sock, uaddr, peer, len, AF_INET6);
-	this_cpu_dec(toa_getname_busy);
-	return len;
+	return toa_getname_wrap(&toa_hooks[1], AF_INET6, sock, uaddr, peer);
 }
 
 /*
@@ -746,18 +712,6 @@ static unsigned long toa_probes_missed(void)
 /* ------------------------------------------------------------------ */
 /* getsockopt(IPPROTO_IP, TOA_SO_GET_LOOKUP)                           */
 
-static void toa_ep_fill(struct toa_ep *ep, u16 family, __be16 port,
-			const union toa_inaddr *ip)
-{
-	memset(ep, 0, sizeof(*ep));
-	ep->family = family;
-	ep->port = port;
-	if (family == AF_INET)
-		ep->addr.ip4 = ip->ip4;
-	else
-		memcpy(ep->addr.ip6, &ip->ip6, sizeof(ep->addr.ip6));
-}
-
 static int toa_sockopt_get(struct sock *sk, int optval, void __user *user,
 			   int *len)
 {
@@ -780,56 +734,16 @@ static int toa_sockopt_get(struct sock *sk, int optval, void __user *user,
 }
 
 static struct nf_sockopt_ops toa_sockopts[] = {
-	{
-		.pf		= PF_INET,
-		.set_optmin	= TOA_BASE_CTL,
-		.set_optmax	= TOA_BASE_CTL,
-		.get_optmin	= TOA_BASE_CTL,
-		.get_optmax	= TOA_SO_GET_MAX,
-		.get		= toa_sockopt_get,
-		.owner		= THIS_MODULE,
-	},
-	{
-		.pf		= PF_INET6,
-		.set_optmin	= TOA_BASE_CTL,
-		.set_optmax	= TOA_BASE_CTL,
-		.get_optmin	= TOA_BASE_CTL,
-		.get_optmax	= TOA_SO_GET_MAX,
-		.get		= toa_sockopt_get,
-		.owner		= THIS_MODULE,
-	},
+	TOA_SOCKOPT(PF_INET, TOA_BASE_CTL, TOA_SO_GET_MAX, toa_sockopt_get),
+	TOA_SOCKOPT(PF_INET6, TOA_BASE_CTL, TOA_SO_GET_MAX, toa_sockopt_get),
 };
-
-static int toa_register_sockopts(void)
-{
-	int err;
-
-	err = nf_register_sockopt(&toa_sockopts[0]);
-	if (err)
-		return err;
-	err = nf_register_sockopt(&toa_sockopts[1]);
-	if (err)
-		nf_unregister_sockopt(&toa_sockopts[0]);
-	return err;
-}
-
-static void toa_unregister_sockopts(void)
-{
-	nf_unregister_sockopt(&toa_sockopts[1]);
-	nf_unregister_sockopt(&toa_sockopts[0]);
-}
 
 /* ------------------------------------------------------------------ */
 /* /proc/net/toa_stats, in every netns (the counters are global)       */
 
 static int toa_stats_show(struct seq_file *seq, void *v)
 {
-	unsigned int i;
-
-	for (i = 0; i < TOA_STAT_MAX; i++)
-		if (toa_stat_names[i])
-			seq_printf(seq, "%s %lu\n", toa_stat_names[i],
-				   toa_stat_sum(i));
+	toa_stats_seq(seq, toa_stat_names, TOA_STAT_MAX, toa_stats);
 	seq_printf(seq, "entries %d\n", atomic_read(&toa_nr_entries));
 	seq_printf(seq, "probe_missed %lu\n", toa_probes_missed());
 	seq_printf(seq, "table_bits %u\n", toa_bits);
@@ -838,10 +752,7 @@ static int toa_stats_show(struct seq_file *seq, void *v)
 
 static int __net_init toa_net_init(struct net *net)
 {
-	if (!proc_create_net_single("toa_stats", 0444, net->proc_net,
-				    toa_stats_show, NULL))
-		return -ENOMEM;
-	return 0;
+	return toa_proc_create(net, "toa_stats", toa_stats_show);
 }
 
 static void __net_exit toa_net_exit(struct net *net)
@@ -858,17 +769,11 @@ static struct pernet_operations toa_net_ops = {
 
 static int __init toa_init(void)
 {
-	unsigned int i;
 	int err;
 
-	toa_bits = clamp(toa_map_table_bits, 4U, 20U);
-	toa_table = kvcalloc(1U << toa_bits, sizeof(*toa_table), GFP_KERNEL);
+	toa_table = toa_buckets_alloc(toa_map_table_bits, &toa_bits);
 	if (!toa_table)
 		return -ENOMEM;
-	for (i = 0; i < (1U << toa_bits); i++) {
-		INIT_HLIST_HEAD(&toa_table[i].head);
-		spin_lock_init(&toa_table[i].lock);
-	}
 
 	err = register_pernet_subsys(&toa_net_ops);
 	if (err)
@@ -876,7 +781,7 @@ static int __init toa_init(void)
 	err = toa_register_probes();
 	if (err)
 		goto out_pernet;
-	err = toa_register_sockopts();
+	err = toa_register_sockopts(toa_sockopts);
 	if (err) {
 		pr_err("nf_register_sockopt(%d) failed: %d\n",
 		       TOA_SO_GET_LOOKUP, err);
@@ -899,7 +804,7 @@ out_table:
 
 static void __exit toa_exit(void)
 {
-	toa_unregister_sockopts();
+	toa_unregister_sockopts(toa_sockopts);
 	toa_unregister_probes();
 	unregister_pernet_subsys(&toa_net_ops);
 	/* no handler runs any more; let RCU readers and frees finish */

@@ -46,6 +46,7 @@
 #include "toa_opt.h"
 #include "uoa.h"
 #include "toa_parse.h"
+#include "toa_kern.h"
 
 static unsigned int uoa_map_table_bits = 12;
 module_param(uoa_map_table_bits, uint, 0444);
@@ -66,14 +67,8 @@ MODULE_PARM_DESC(uoa_map_max,
 /* statistics                                                          */
 
 enum uoa_stat {
-	UOA_STAT_PARSED_V4_IN4,
-	UOA_STAT_PARSED_V4_IN6,
-	UOA_STAT_PARSED_V6_IN4,
-	UOA_STAT_PARSED_V6_IN6,
-	UOA_STAT_MISSING,
-	UOA_STAT_MALFORMED,	/* + enum toa_opt_err, OK slot unused */
-	UOA_STAT_MALFORMED_END = UOA_STAT_MALFORMED + TOA_OPT_E_MAX,
-	UOA_STAT_LOOKUP_HIT = UOA_STAT_MALFORMED_END,
+	UOA_STAT_PARSE,		/* + enum toa_parse_stat */
+	UOA_STAT_LOOKUP_HIT = UOA_STAT_PARSE + TOA_PS_MAX,
 	UOA_STAT_LOOKUP_MISS,
 	UOA_STAT_LOOKUP_INVALID,
 	UOA_STAT_INSERTED,
@@ -88,17 +83,7 @@ enum uoa_stat {
 };
 
 static const char * const uoa_stat_names[UOA_STAT_MAX] = {
-	[UOA_STAT_PARSED_V4_IN4]	= "parsed_v4_in4",
-	[UOA_STAT_PARSED_V4_IN6]	= "parsed_v4_in6",
-	[UOA_STAT_PARSED_V6_IN4]	= "parsed_v6_in4",
-	[UOA_STAT_PARSED_V6_IN6]	= "parsed_v6_in6",
-	[UOA_STAT_MISSING]		= "missing",
-	[UOA_STAT_MALFORMED + TOA_OPT_OK]		= NULL,
-	[UOA_STAT_MALFORMED + TOA_OPT_E_TRUNCATED]	= "malformed_truncated",
-	[UOA_STAT_MALFORMED + TOA_OPT_E_TYPE]		= "malformed_type",
-	[UOA_STAT_MALFORMED + TOA_OPT_E_LENGTH]		= "malformed_length",
-	[UOA_STAT_MALFORMED + TOA_OPT_E_OPERATION]	= "malformed_operation",
-	[UOA_STAT_MALFORMED + TOA_OPT_E_HDRLEN]		= "malformed_hdrlen",
+	TOA_PARSE_STAT_NAMES(UOA_STAT_PARSE),
 	[UOA_STAT_LOOKUP_HIT]		= "lookup_hit",
 	[UOA_STAT_LOOKUP_MISS]		= "lookup_miss",
 	[UOA_STAT_LOOKUP_INVALID]	= "lookup_invalid",
@@ -117,16 +102,6 @@ static DEFINE_PER_CPU(unsigned long [UOA_STAT_MAX], uoa_stats);
 static inline void uoa_inc(enum uoa_stat s)
 {
 	this_cpu_inc(uoa_stats[s]);
-}
-
-static unsigned long uoa_stat_sum(enum uoa_stat s)
-{
-	unsigned long sum = 0;
-	int cpu;
-
-	for_each_possible_cpu(cpu)
-		sum += per_cpu(uoa_stats, cpu)[s];
-	return sum;
 }
 
 /* ------------------------------------------------------------------ */
@@ -149,12 +124,7 @@ struct uoa_entry {
 	unsigned long expires;	/* jiffies */
 };
 
-struct uoa_bucket {
-	struct hlist_head head;
-	spinlock_t lock;	/* writers; readers use RCU */
-};
-
-static struct uoa_bucket *uoa_table;
+static struct toa_bucket *uoa_table;
 static unsigned int uoa_bits;
 static u32 uoa_seed __read_mostly;
 static atomic_t uoa_nr_entries = ATOMIC_INIT(0);
@@ -176,7 +146,7 @@ static bool uoa_addr_eq(u16 family, const union toa_inaddr *a,
 }
 
 /* The daddr is left out so that a lookup may leave it as a wildcard. */
-static struct uoa_bucket *uoa_bucket(const struct uoa_key *k)
+static struct toa_bucket *uoa_bucket(const struct uoa_key *k)
 {
 	u32 h = k->family == AF_INET ? (__force u32)k->saddr.ip4 :
 				       ipv6_addr_hash(&k->saddr.ip6);
@@ -198,7 +168,7 @@ static bool uoa_match(const struct uoa_entry *e, const struct uoa_key *k,
 }
 
 /* Caller holds the bucket lock or rcu_read_lock(). */
-static struct uoa_entry *uoa_find(struct uoa_bucket *b,
+static struct uoa_entry *uoa_find(struct toa_bucket *b,
 				  const struct uoa_key *k, bool wild_daddr)
 {
 	struct uoa_entry *e;
@@ -219,7 +189,7 @@ static void uoa_unlink(struct uoa_entry *e)
 }
 
 /* The entry of the bucket that would expire first.  Caller holds lock. */
-static struct uoa_entry *uoa_oldest(struct uoa_bucket *b)
+static struct uoa_entry *uoa_oldest(struct toa_bucket *b)
 {
 	struct uoa_entry *e, *old = NULL;
 
@@ -230,7 +200,7 @@ static struct uoa_entry *uoa_oldest(struct uoa_bucket *b)
 }
 
 /* Cheap path: the same datagram flow again, same content. */
-static bool uoa_refresh(struct uoa_bucket *b, const struct uoa_key *k,
+static bool uoa_refresh(struct toa_bucket *b, const struct uoa_key *k,
 			const struct toa_addrs *a, unsigned long expires)
 {
 	struct uoa_entry *e;
@@ -249,7 +219,7 @@ static bool uoa_refresh(struct uoa_bucket *b, const struct uoa_key *k,
 static void uoa_store(const struct uoa_key *k, const struct toa_addrs *a)
 {
 	unsigned long expires = jiffies + uoa_timeout();
-	struct uoa_bucket *b = uoa_bucket(k);
+	struct toa_bucket *b = uoa_bucket(k);
 	struct uoa_entry *e, *old;
 
 	if (uoa_refresh(b, k, a, expires)) {
@@ -298,7 +268,7 @@ static void uoa_sweep(enum uoa_sweep how, const struct net *net)
 {
 	struct hlist_node *tmp;
 	struct uoa_entry *e;
-	struct uoa_bucket *b;
+	struct toa_bucket *b;
 	unsigned int i;
 	bool kill;
 
@@ -341,27 +311,33 @@ static void uoa_gc_fn(struct work_struct *work)
 /* ------------------------------------------------------------------ */
 /* LOCAL_IN                                                            */
 
-static void uoa_learn(int rc, const struct toa_addrs *a,
-		      const struct uoa_key *k)
+/*
+ * Parse @skb, a UDP datagram of @family with header @uh and addresses
+ * @saddr, @daddr (4 or 16 bytes), and store what it carries.
+ */
+static void uoa_learn(const struct sk_buff *skb, const struct net *net,
+		      u16 family, const struct udphdr *uh, const void *saddr,
+		      const void *daddr)
 {
-	enum uoa_stat s;
+	size_t alen = family == AF_INET ? 4 : 16;
+	struct toa_addrs a;
+	struct uoa_key k;
+	int rc;
 
-	if (rc == TOA_ABSENT) {
-		uoa_inc(UOA_STAT_MISSING);
-		return;
-	}
-	if (rc < 0) {
-		uoa_inc(UOA_STAT_MALFORMED - rc);
-		return;
-	}
-	if (k->family == AF_INET)
-		s = a->family == AF_INET ? UOA_STAT_PARSED_V4_IN4 :
-					   UOA_STAT_PARSED_V4_IN6;
+	memset(&k, 0, sizeof(k));
+	k.net = net;
+	k.family = family;
+	memcpy(&k.saddr, saddr, alen);
+	memcpy(&k.daddr, daddr, alen);
+	k.sport = uh->source;
+	k.dport = uh->dest;
+	if (family == AF_INET)
+		rc = toa_parse_v4(skb, &a);
 	else
-		s = a->family == AF_INET ? UOA_STAT_PARSED_V6_IN4 :
-					   UOA_STAT_PARSED_V6_IN6;
-	uoa_inc(s);
-	uoa_store(k, a);
+		rc = toa_parse_v6(skb, &a);
+	uoa_inc(UOA_STAT_PARSE + toa_parse_stat(rc, family, &a));
+	if (rc == TOA_FOUND)
+		uoa_store(&k, &a);
 }
 
 static unsigned int uoa_in4(void *priv, struct sk_buff *skb,
@@ -369,9 +345,7 @@ static unsigned int uoa_in4(void *priv, struct sk_buff *skb,
 {
 	const struct iphdr *iph = ip_hdr(skb);
 	const struct udphdr *uh;
-	struct toa_addrs a;
 	struct udphdr _uh;
-	struct uoa_key k;
 
 	if (iph->protocol != IPPROTO_UDP || ip_is_fragment(iph))
 		return NF_ACCEPT;
@@ -381,18 +355,10 @@ static unsigned int uoa_in4(void *priv, struct sk_buff *skb,
 		return NF_ACCEPT;
 	/* no IPv4 options, no option 31: the common case */
 	if (iph->ihl <= 5) {
-		uoa_inc(UOA_STAT_MISSING);
+		uoa_inc(UOA_STAT_PARSE + TOA_PS_MISSING);
 		return NF_ACCEPT;
 	}
-
-	memset(&k, 0, sizeof(k));
-	k.net = state->net;
-	k.family = AF_INET;
-	k.saddr.ip4 = iph->saddr;
-	k.daddr.ip4 = iph->daddr;
-	k.sport = uh->source;
-	k.dport = uh->dest;
-	uoa_learn(toa_parse_v4(skb, &a), &a, &k);
+	uoa_learn(skb, state->net, AF_INET, uh, &iph->saddr, &iph->daddr);
 	return NF_ACCEPT;
 }
 
@@ -402,15 +368,13 @@ static unsigned int uoa_in6(void *priv, struct sk_buff *skb,
 	const struct ipv6hdr *ip6h = ipv6_hdr(skb);
 	unsigned int thoff = 0;
 	const struct udphdr *uh;
-	struct toa_addrs a;
 	struct udphdr _uh;
-	struct uoa_key k;
 
 	/* UDP right after the fixed header: no extension header, no option */
 	if (ip6h->nexthdr == IPPROTO_UDP) {
 		if (skb_header_pointer(skb, skb_network_offset(skb) +
 				       sizeof(*ip6h), sizeof(_uh), &_uh))
-			uoa_inc(UOA_STAT_MISSING);
+			uoa_inc(UOA_STAT_PARSE + TOA_PS_MISSING);
 		return NF_ACCEPT;
 	}
 	/* Not a first fragment, or no UDP header: nothing to key on. */
@@ -419,15 +383,7 @@ static unsigned int uoa_in6(void *priv, struct sk_buff *skb,
 	uh = skb_header_pointer(skb, thoff, sizeof(_uh), &_uh);
 	if (!uh)
 		return NF_ACCEPT;
-
-	memset(&k, 0, sizeof(k));
-	k.net = state->net;
-	k.family = AF_INET6;
-	k.saddr.ip6 = ip6h->saddr;
-	k.daddr.ip6 = ip6h->daddr;
-	k.sport = uh->source;
-	k.dport = uh->dest;
-	uoa_learn(toa_parse_v6(skb, &a), &a, &k);
+	uoa_learn(skb, state->net, AF_INET6, uh, &ip6h->saddr, &ip6h->daddr);
 	return NF_ACCEPT;
 }
 
@@ -467,18 +423,6 @@ static u16 uoa_ep_get(const struct uoa_ep *ep, union toa_inaddr *ip)
 	}
 	ip->ip6 = *a6;
 	return AF_INET6;
-}
-
-static void uoa_ep_put(struct uoa_ep *ep, u16 family, __be16 port,
-		       const union toa_inaddr *ip)
-{
-	memset(ep, 0, sizeof(*ep));
-	ep->family = family;
-	ep->port = port;
-	if (family == AF_INET)
-		ep->addr.ip4 = ip->ip4;
-	else
-		memcpy(ep->addr.ip6, &ip->ip6, sizeof(ep->addr.ip6));
 }
 
 /* No input: use the addresses of a connected socket. */
@@ -566,8 +510,8 @@ static int uoa_sockopt_get(struct sock *sk, int optval, void __user *user,
 		return -ENOENT;
 	}
 	uoa_inc(UOA_STAT_LOOKUP_HIT);
-	uoa_ep_put(&l.client, a.family, a.cport, &a.cip);
-	uoa_ep_put(&l.vip, a.family, a.vport, &a.vip);
+	toa_ep_fill(&l.client, a.family, a.cport, &a.cip);
+	toa_ep_fill(&l.vip, a.family, a.vport, &a.vip);
 	err = copy_to_user(user, &l, sizeof(l)) ? -EFAULT : 0;
 	if (!err)
 		*len = sizeof(l);
@@ -579,24 +523,8 @@ invalid:
 }
 
 static struct nf_sockopt_ops uoa_sockopts[] = {
-	{
-		.pf		= PF_INET,
-		.set_optmin	= UOA_BASE_CTL,
-		.set_optmax	= UOA_BASE_CTL,
-		.get_optmin	= UOA_BASE_CTL,
-		.get_optmax	= UOA_SO_GET_MAX,
-		.get		= uoa_sockopt_get,
-		.owner		= THIS_MODULE,
-	},
-	{
-		.pf		= PF_INET6,
-		.set_optmin	= UOA_BASE_CTL,
-		.set_optmax	= UOA_BASE_CTL,
-		.get_optmin	= UOA_BASE_CTL,
-		.get_optmax	= UOA_SO_GET_MAX,
-		.get		= uoa_sockopt_get,
-		.owner		= THIS_MODULE,
-	},
+	TOA_SOCKOPT(PF_INET, UOA_BASE_CTL, UOA_SO_GET_MAX, uoa_sockopt_get),
+	TOA_SOCKOPT(PF_INET6, UOA_BASE_CTL, UOA_SO_GET_MAX, uoa_sockopt_get),
 };
 
 /* ------------------------------------------------------------------ */
@@ -604,12 +532,7 @@ static struct nf_sockopt_ops uoa_sockopts[] = {
 
 static int uoa_stats_show(struct seq_file *seq, void *v)
 {
-	unsigned int i;
-
-	for (i = 0; i < UOA_STAT_MAX; i++)
-		if (uoa_stat_names[i])
-			seq_printf(seq, "%s %lu\n", uoa_stat_names[i],
-				   uoa_stat_sum(i));
+	toa_stats_seq(seq, uoa_stat_names, UOA_STAT_MAX, uoa_stats);
 	seq_printf(seq, "entries %d\n", atomic_read(&uoa_nr_entries));
 	seq_printf(seq, "max %u\n", READ_ONCE(uoa_map_max));
 	seq_printf(seq, "timeout %u\n", READ_ONCE(uoa_map_timeout));
@@ -624,13 +547,11 @@ static int __net_init uoa_net_init(struct net *net)
 	err = nf_register_net_hooks(net, uoa_nf_ops, ARRAY_SIZE(uoa_nf_ops));
 	if (err)
 		return err;
-	if (!proc_create_net_single("uoa_stats", 0444, net->proc_net,
-				    uoa_stats_show, NULL)) {
+	err = toa_proc_create(net, "uoa_stats", uoa_stats_show);
+	if (err)
 		nf_unregister_net_hooks(net, uoa_nf_ops,
 					ARRAY_SIZE(uoa_nf_ops));
-		return -ENOMEM;
-	}
-	return 0;
+	return err;
 }
 
 static void __net_exit uoa_net_exit(struct net *net)
@@ -650,36 +571,25 @@ static struct pernet_operations uoa_net_ops = {
 
 static int __init uoa_init(void)
 {
-	unsigned int i;
 	int err;
 
-	uoa_bits = clamp(uoa_map_table_bits, 4U, 20U);
-	uoa_table = kvcalloc(1U << uoa_bits, sizeof(*uoa_table), GFP_KERNEL);
+	uoa_table = toa_buckets_alloc(uoa_map_table_bits, &uoa_bits);
 	if (!uoa_table)
 		return -ENOMEM;
-	for (i = 0; i < (1U << uoa_bits); i++) {
-		INIT_HLIST_HEAD(&uoa_table[i].head);
-		spin_lock_init(&uoa_table[i].lock);
-	}
 	uoa_seed = get_random_u32();
 
 	err = register_pernet_subsys(&uoa_net_ops);
 	if (err)
 		goto out_table;
-	err = nf_register_sockopt(&uoa_sockopts[0]);
+	err = toa_register_sockopts(uoa_sockopts);
 	if (err)
 		goto out_pernet;
-	err = nf_register_sockopt(&uoa_sockopts[1]);
-	if (err)
-		goto out_sockopt;
 	queue_delayed_work(system_power_efficient_wq, &uoa_gc_work,
 			   uoa_gc_interval());
 	pr_info("loaded, %u hash buckets, timeout %us, max %u\n",
 		1U << uoa_bits, uoa_map_timeout, uoa_map_max);
 	return 0;
 
-out_sockopt:
-	nf_unregister_sockopt(&uoa_sockopts[0]);
 out_pernet:
 	pr_err("nf_register_sockopt(%d) failed: %d\n", UOA_SO_GET_LOOKUP, err);
 	unregister_pernet_subsys(&uoa_net_ops);
@@ -692,8 +602,7 @@ out_table:
 
 static void __exit uoa_exit(void)
 {
-	nf_unregister_sockopt(&uoa_sockopts[1]);
-	nf_unregister_sockopt(&uoa_sockopts[0]);
+	toa_unregister_sockopts(uoa_sockopts);
 	unregister_pernet_subsys(&uoa_net_ops);
 	cancel_delayed_work_sync(&uoa_gc_work);
 	uoa_sweep(UOA_SWEEP_ALL, NULL);
