@@ -25,25 +25,6 @@ static void usage(void)
 	exit(2);
 }
 
-static int listen_on(struct sockaddr_storage *ss)
-{
-	int one = 1, zero = 0, fd;
-	socklen_t len = ss_len(ss);
-
-	fd = socket(ss->ss_family, SOCK_STREAM, 0);
-	if (fd < 0)
-		return -1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss->ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
-	if (bind(fd, (struct sockaddr *)ss, len) || listen(fd, 128) ||
-	    getsockname(fd, (struct sockaddr *)ss, &len)) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /* TOA_SO_GET_LOOKUP: 0 and l filled, or an errno */
 static int toa_lookup(int fd, struct toa_lookup *l)
 {
@@ -136,50 +117,31 @@ static void serve(int n, int fd)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "count", required_argument, NULL, 'c' },
-		{ "once", no_argument, NULL, '1' },
-		{ "bind", required_argument, NULL, 'b' },
+		SERVER_OPTIONS,
 		{ "timeout", required_argument, NULL, 't' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *bind_addr = NULL;
-	unsigned long count = 0, timeout = 0;
+	unsigned long count, timeout = 0;
 	struct sockaddr_storage ss;
-	int family = AF_INET, lfd, fd, n, o;
-	char buf[160];
+	struct server_args a;
+	int lfd, fd, n, o;
 
+	server_init(&a);
 	while ((o = getopt_long(argc, argv, "46", opts, NULL)) != -1) {
-		switch (o) {
-		case '4': family = AF_INET; break;
-		case '6': family = AF_INET6; break;
-		case 'j': json_mode = 1; break;
-		case 'c': count = parse_ulong(optarg, "count"); break;
-		case '1': count = 1; break;
-		case 'b': bind_addr = optarg; break;
-		case 't': timeout = parse_ulong(optarg, "timeout"); break;
-		default: usage();
-		}
+		if (o == 't')
+			timeout = parse_ulong(optarg, "timeout");
+		else if (server_opt(&a, o))
+			usage();
 	}
-	if (optind + 1 != argc)
+	if (server_addr(&a, argc, argv, &ss))
 		usage();
-	if (parse_host(bind_addr ? bind_addr :
-		       family == AF_INET ? "0.0.0.0" : "::", argv[optind], &ss))
-		usage();
+	count = a.count;
 	install_signals();
 
-	lfd = listen_on(&ss);
+	lfd = bound_socket(&ss, SOCK_STREAM);
 	if (lfd < 0)
 		return report_error("listen", errno);
-	if (json_mode) {
-		fmt_json(buf, sizeof(buf), (struct sockaddr *)&ss);
-		printf("{\"event\":\"listening\",\"proto\":\"tcp\",\"sock\":%s}\n",
-		       buf);
-	} else {
-		fmt_text(buf, sizeof(buf), (struct sockaddr *)&ss);
-		printf("listening on %s\n", buf);
-	}
-	fflush(stdout);
+	print_listening("tcp", &ss);
 
 	for (n = 0; !stop && (!count || (unsigned long)n < count); n++) {
 		struct sockaddr_storage acc;

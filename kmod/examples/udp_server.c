@@ -25,30 +25,6 @@ static void usage(void)
 	exit(2);
 }
 
-static int open_socket(struct sockaddr_storage *ss)
-{
-	int one = 1, zero = 0, fd;
-	socklen_t len = ss_len(ss);
-
-	fd = socket(ss->ss_family, SOCK_DGRAM, 0);
-	if (fd < 0)
-		return -1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	/* IPv4 datagrams (also those reaching a dual-stack IPv6 socket) */
-	setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
-	if (ss->ss_family == AF_INET6) {
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
-		setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one,
-			   sizeof(one));
-	}
-	if (bind(fd, (struct sockaddr *)ss, len) ||
-	    getsockname(fd, (struct sockaddr *)ss, &len)) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /* The datagram's destination address, from IP_PKTINFO / IPV6_PKTINFO. */
 static void local_addr(struct msghdr *mh, const struct sockaddr_storage *bound,
 		       struct sockaddr_storage *local)
@@ -134,55 +110,37 @@ static void show(int n, ssize_t len, const struct sockaddr_storage *peer,
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "count", required_argument, NULL, 'c' },
-		{ "once", no_argument, NULL, '1' },
-		{ "bind", required_argument, NULL, 'b' },
+		SERVER_OPTIONS,
 		{ "echo", no_argument, NULL, 'e' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct sockaddr_storage ss, peer, local;
-	int family = AF_INET, fd, n, o, echo = 0, lerr;
 	union { char buf[512]; struct cmsghdr align; } cbuf;
-	const char *bind_addr = NULL;
-	unsigned long count = 0;
+	int fd, n, o, echo = 0, lerr;
+	struct server_args a;
+	unsigned long count;
 	struct uoa_lookup l;
-	char data[65536], buf[160];
+	char data[65536];
 	struct iovec iov;
 	struct msghdr mh;
 	ssize_t r;
 
+	server_init(&a);
 	while ((o = getopt_long(argc, argv, "46", opts, NULL)) != -1) {
-		switch (o) {
-		case '4': family = AF_INET; break;
-		case '6': family = AF_INET6; break;
-		case 'j': json_mode = 1; break;
-		case 'c': count = parse_ulong(optarg, "count"); break;
-		case '1': count = 1; break;
-		case 'b': bind_addr = optarg; break;
-		case 'e': echo = 1; break;
-		default: usage();
-		}
+		if (o == 'e')
+			echo = 1;
+		else if (server_opt(&a, o))
+			usage();
 	}
-	if (optind + 1 != argc)
+	if (server_addr(&a, argc, argv, &ss))
 		usage();
-	if (parse_host(bind_addr ? bind_addr :
-		       family == AF_INET ? "0.0.0.0" : "::", argv[optind], &ss))
-		usage();
+	count = a.count;
 	install_signals();
 
-	fd = open_socket(&ss);
+	fd = bound_socket(&ss, SOCK_DGRAM);
 	if (fd < 0)
 		return report_error("bind", errno);
-	if (json_mode) {
-		fmt_json(buf, sizeof(buf), (struct sockaddr *)&ss);
-		printf("{\"event\":\"listening\",\"proto\":\"udp\",\"sock\":%s}\n",
-		       buf);
-	} else {
-		fmt_text(buf, sizeof(buf), (struct sockaddr *)&ss);
-		printf("listening on %s\n", buf);
-	}
-	fflush(stdout);
+	print_listening("udp", &ss);
 
 	for (n = 0; !stop && (!count || (unsigned long)n < count); n++) {
 		memset(&peer, 0, sizeof(peer));

@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "ip_opt.h"
 #include "util.h"
 
 int json_mode;
@@ -254,4 +257,180 @@ int set_raw_opt(int fd, int family, const char *hex)
 	if (family == AF_INET)
 		return setsockopt(fd, IPPROTO_IP, IP_OPTIONS, buf, n);
 	return setsockopt(fd, IPPROTO_IPV6, IPV6_DSTOPTS, buf, n);
+}
+
+void event_ok(const char *name, const char *text)
+{
+	if (json_mode)
+		printf("{\"event\":\"%s\",\"ok\":true}\n", name);
+	else
+		printf("%s\n", text);
+	fflush(stdout);
+}
+
+void sleep_ms(unsigned long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	while (!stop && nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+void client_init(struct client_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->count = 3;
+	a->size = 64;
+}
+
+int client_opt(struct client_args *a, int o, int argc, char **argv)
+{
+	switch (o) {
+	case 'j': json_mode = 1; break;
+	case 'o':
+		a->copt = optarg;
+		if (optind >= argc)
+			return -1;
+		a->vopt = argv[optind++];
+		break;
+	case 'k': a->keep = 1; break;
+	case 'r': a->raw = optarg; break;
+	case 'c': a->count = parse_ulong(optarg, "count"); break;
+	case '1': a->count = 1; break;
+	case 's': a->size = parse_ulong(optarg, "size"); break;
+	case 'i': a->interval = parse_ulong(optarg, "interval"); break;
+	case 'b': a->bind_addr = optarg; break;
+	default: return -1;
+	}
+	return 0;
+}
+
+int client_addrs(struct client_args *a, int argc, char **argv)
+{
+	if (optind + 2 != argc ||
+	    parse_host(argv[optind], argv[optind + 1], &a->srv))
+		return -1;
+	if (a->copt && (parse_addr_port(a->copt, &a->cip) ||
+			parse_addr_port(a->vopt, &a->vip)))
+		return -1;
+	return 0;
+}
+
+static int client_fail(const char *op)
+{
+	report_error(op, errno);
+	return -1;
+}
+
+int client_connect(struct client_args *a, int type, void (*usage)(void))
+{
+	struct sockaddr *srv = (struct sockaddr *)&a->srv;
+	socklen_t mlen = sizeof(a->me);
+	char buf[160], dst[160];
+	int fd;
+
+	fd = socket(a->srv.ss_family, type, 0);
+	if (fd < 0)
+		return client_fail("socket");
+	if (a->bind_addr) {
+		if (parse_addr_port(a->bind_addr, &a->src) ||
+		    a->src.ss_family != a->srv.ss_family)
+			usage();
+		if (bind(fd, (struct sockaddr *)&a->src, ss_len(&a->src)))
+			return client_fail("bind");
+	}
+	if (a->copt) {
+		if (set_ip_opt(fd, a->srv.ss_family, (struct sockaddr *)&a->cip,
+			       (struct sockaddr *)&a->vip))
+			return client_fail("set_ip_opt");
+		a->opt_on = 1;
+		event_ok("set_ip_opt", "set_ip_opt success");
+	} else if (a->raw) {
+		if (set_raw_opt(fd, a->srv.ss_family, a->raw))
+			return client_fail("set_raw_opt");
+		a->opt_on = 1;
+		event_ok("set_raw_opt", "set_raw_opt success");
+	}
+	if (connect(fd, srv, ss_len(&a->srv)))
+		return client_fail("connect");
+	getsockname(fd, (struct sockaddr *)&a->me, &mlen);
+	if (json_mode) {
+		fmt_json(buf, sizeof(buf), (struct sockaddr *)&a->me);
+		fmt_json(dst, sizeof(dst), srv);
+		printf("{\"event\":\"connect\",\"fd\":%d,\"sock\":%s,\"peer\":%s}\n",
+		       fd, buf, dst);
+	}
+	return fd;
+}
+
+void server_init(struct server_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->family = AF_INET;
+}
+
+int server_opt(struct server_args *a, int o)
+{
+	switch (o) {
+	case '4': a->family = AF_INET; break;
+	case '6': a->family = AF_INET6; break;
+	case 'j': json_mode = 1; break;
+	case 'c': a->count = parse_ulong(optarg, "count"); break;
+	case '1': a->count = 1; break;
+	case 'b': a->bind_addr = optarg; break;
+	default: return -1;
+	}
+	return 0;
+}
+
+int server_addr(const struct server_args *a, int argc, char **argv,
+		struct sockaddr_storage *ss)
+{
+	if (optind + 1 != argc)
+		return -1;
+	return parse_host(a->bind_addr ? a->bind_addr :
+			  a->family == AF_INET ? "0.0.0.0" : "::",
+			  argv[optind], ss);
+}
+
+int bound_socket(struct sockaddr_storage *ss, int type)
+{
+	int one = 1, zero = 0, fd;
+	socklen_t len = ss_len(ss);
+
+	fd = socket(ss->ss_family, type, 0);
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* IPv4 datagrams (also those reaching a dual-stack IPv6 socket) */
+	if (type == SOCK_DGRAM)
+		setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
+	if (ss->ss_family == AF_INET6) {
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+		if (type == SOCK_DGRAM)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one,
+				   sizeof(one));
+	}
+	if (bind(fd, (struct sockaddr *)ss, len) ||
+	    (type == SOCK_STREAM && listen(fd, 128)) ||
+	    getsockname(fd, (struct sockaddr *)ss, &len)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+void print_listening(const char *proto, const struct sockaddr_storage *ss)
+{
+	char buf[160];
+
+	if (json_mode) {
+		fmt_json(buf, sizeof(buf), (const struct sockaddr *)ss);
+		printf("{\"event\":\"listening\",\"proto\":\"%s\",\"sock\":%s}\n",
+		       proto, buf);
+	} else {
+		fmt_text(buf, sizeof(buf), (const struct sockaddr *)ss);
+		printf("listening on %s\n", buf);
+	}
+	fflush(stdout);
 }
