@@ -376,7 +376,7 @@ def attached(lab: Lab) -> LbHandle:
     node = topo.node(next(iter(topo.services.values())).lb)
     params = node.params.get("fullnat") or {}
     ns = lab.engine.record.ns(node.name)
-    ifnames = [str(params.get("client_if", "eth0")), str(params.get("rs_if", "eth1"))]
+    ifnames = list(_ports(params))
     runner = runner_for(lab)
     pid = bpf.Sys(runner).xdp_prog_id(ns, ifnames[0])
     if pid is None:
@@ -413,6 +413,11 @@ def runner_for(lab: Lab) -> bpf.Runner:
         return r.returncode, r.stdout, r.stderr
 
     return run_in_guest
+
+
+def _ports(params: dict) -> tuple[str, str]:
+    """The lb node's client-side and RS-side interfaces (params.fullnat)."""
+    return str(params.get("client_if", "eth0")), str(params.get("rs_if", "eth1"))
 
 
 def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
@@ -565,8 +570,7 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
     lb_node = svcs[0].lb
     node = topo.node(lb_node)
     params = node.params.get("fullnat") or {}
-    client_if = str(params.get("client_if", "eth0"))
-    rs_if = str(params.get("rs_if", "eth1"))
+    client_if, rs_if = _ports(params)
     cfg = Cfg(
         tcp_idle_s=float(params.get("tcp_idle", 300)),
         udp_idle_s=float(params.get("udp_idle", 60)),

@@ -166,6 +166,16 @@ class Engine(ABC):
             "nodes": {n: {"role": r.roles.get(n, "?"), "netns": ns} for n, ns in r.namespaces.items()},
         }
 
+    def _attach_lb(self, topo: Topology) -> None:
+        """Run the fullnat LB of the topology's services in this engine's
+        kernel (lab.lb decides whether the topology wants one)."""
+        from lab import lb
+
+        if lb.enabled(topo):
+            from lab.lab import Lab
+
+            lb.attach(Lab(self, topo))
+
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:
         """Remove what crashed labs of this engine left; return what was removed."""

@@ -128,12 +128,7 @@ class HostEngine(Engine):
             from lab.gwping import apply_data_plane
 
             apply_data_plane(topo, self.record.namespaces)
-        from lab import lb
-
-        if lb.enabled(topo):
-            from lab.lab import Lab
-
-            lb.attach(Lab(self, topo))
+        self._attach_lb(topo)
 
     def down(self) -> None:
         for ns in self.record.namespaces.values():

@@ -107,24 +107,13 @@ class VMEngine(Engine):
                     f"building lab '{self.name}' in VM '{vm.name}' failed"
                     + (f": {err[-1]}" if err else f" (exit {res.returncode})")
                 )
-            self._attach_programs(topo)
+            self._attach_lb(topo)  # as the host engine does; down removes its pins
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
             raise
         self.record.state = "up"
         self.record.save()
-
-    def _attach_programs(self, topo: Topology) -> None:
-        """The fullnat LB of the topology's services, in the guest's kernel,
-        as the host engine does (its programs die with the namespaces, its
-        pins are removed by down)."""
-        from lab import lb
-
-        if lb.enabled(topo):
-            from lab.lab import Lab
-
-            lb.attach(Lab(self, topo))
 
     def down(self) -> None:
         vm_alive = supervisor_alive(rundir_for(self.vm_name)) is not None
