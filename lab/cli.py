@@ -38,15 +38,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _engine_opts(args: argparse.Namespace) -> dict[str, object]:
-    return {k: v for k in ("accel", "flavour") if (v := getattr(args, k, None)) is not None}
+    return {k: v for k in ("accel", "kernel", "flavour") if (v := getattr(args, k, None)) is not None}
 
 
 def _print_nodes(topo) -> None:  # topo: lab.topology.Topology
     width = max(len(n) for n in topo.nodes)
     for node in topo.nodes.values():
-        addrs = " ".join(
-            f"{ifn}={a.with_prefixlen}" for ifn, lst in node.interfaces.items() for a in lst
-        )
+        addrs = " ".join(f"{ifn}={a.with_prefixlen}" for ifn, lst in node.interfaces.items() for a in lst)
         print(f"  {node.name:<{width}}  {node.role:<7} {addrs}")
 
 
@@ -133,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="lab name (default: the topology's name)")
     s.add_argument("--engine", default="host", help="host (default) or vm")
     s.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="vm engine: accelerator")
+    s.add_argument(
+        "--kernel", metavar="K", help="vm engine: kernel series[-flavour] or release (toalab vm kernels)"
+    )
     s.add_argument("--flavour", choices=("generic", "cloud", "rt"), help="vm engine: kernel flavour")
     s.add_argument("--json", action="store_true", help="print the lab's status as JSON")
     s.set_defaults(func=cmd_up)

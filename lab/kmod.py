@@ -63,21 +63,25 @@ class Artifacts:
     def bin(self, name: str) -> str:
         return str(self.root / "bin" / name)
 
+    def files(self) -> list[Path]:
+        """Every module and program (what a guest without the host's / needs copied in)."""
+        return [*map(self.module, MODULES), *(Path(self.bin(p)) for p in PROGRAMS)]
+
     def check(self) -> Artifacts:
-        missing = [str(p) for p in (*map(self.module, MODULES), *map(Path, map(self.bin, PROGRAMS)))
-                   if not Path(p).exists()]  # fmt: skip
+        missing = [str(p) for p in self.files() if not p.exists()]
         if missing:
             raise LabError(f"not built: {', '.join(missing)} (run lab.kmod.build())")
         return self
 
 
-def build(flavour: str | None = None) -> Artifacts:
-    """Build toa.ko/uoa.ko against the VM image's headers and the static examples.
+def build(kernel: str | None = None, *, flavour: str | None = None) -> Artifacts:
+    """Build toa.ko/uoa.ko against the headers of the VM kernel `kernel` (a series,
+    series-flavour or release; None: the default) and the static examples.
 
     Nothing is rebuilt when nothing changed (make + Kbuild dependency tracking)."""
     from lab.vm.image import ImageBuilder
 
-    image = ImageBuilder(flavour, progress=None).build()
+    image = ImageBuilder(kernel, flavour=flavour, progress=None).build()
     art = Artifacts(image.release, out_dir(image.release))
     _make(["modules-out", f"KDIR={image.headers}", f"MODOUT={art.root}"])
     _make(["userspace", "STATIC=1", f"BUILD={art.root / 'bin'}"])
@@ -117,12 +121,23 @@ def loaded(target: Target) -> set[str]:
     return {line.split()[0] for line in mods.splitlines() if line.split()[0] in MODULES}
 
 
+class Unsupported(LabError):
+    """The module refused this kernel (its one dmesg line says why)."""
+
+
 def load(target: Target, name: str, artifacts: Artifacts | None = None, **params: object) -> None:
-    """insmod the module built for the target's kernel, with module parameters."""
+    """insmod the module built for the target's kernel, with module parameters.
+
+    A module that refuses the kernel says why in one "<name>: not loading: ..." line
+    of dmesg; that raises Unsupported with the line."""
     art = artifacts or artifacts_for(release(target))
     argv = ["insmod", str(art.module(name)), *(f"{k}={v}" for k, v in params.items())]
     r = run(target, argv, timeout=60)
     if r.returncode != 0:
+        log = run(target, ["dmesg"], timeout=30).stdout.splitlines()
+        why = next((ln.split("] ", 1)[-1] for ln in reversed(log) if f"{name}: not loading:" in ln), None)
+        if why:
+            raise Unsupported(why)
         raise LabError(f"insmod {name} failed (exit {r.returncode}): {r.stderr.strip()}")
 
 

@@ -24,9 +24,9 @@ from lab import topology
 from lab.engines.base import LabRecord
 from lab.errors import LabError
 from lab.lab import Lab
-from lab.vm import accel
+from lab.vm import accel, kernels
 from lab.vm.client import VMError
-from lab.vm.config import build_dir, load_pin
+from lab.vm.config import build_dir
 from lab.vm.image import ImageBuilder
 from lab.vm.session import VMSession
 
@@ -64,9 +64,11 @@ def vm() -> Iterator[VMSession]:
 
 
 # -- the guest and the control channel ------------------------------------------------------
-def test_guest_runs_the_pinned_kernel(vm: VMSession) -> None:
-    release = load_pin().release
-    assert vm.release == release
+def test_guest_runs_the_resolved_kernel(vm: VMSession) -> None:
+    release = kernels.resolve().release
+    assert vm.release == release and vm.kernel.release == release
+    recorded = json.loads((vm.results / "kernel.json").read_text())
+    assert (recorded["release"], recorded["version"]) == (release, vm.kernel.version)
     r = vm.run(["uname", "-r"])
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, release, "")
     # the host's userland, read-only, with the pinned kernel's modules on /lib/modules
@@ -188,7 +190,7 @@ def test_fullnat_lab_in_a_shared_guest(vm: VMSession, lab_name: str) -> None:
 
 def test_cloud_flavour_self_contained_guest(tmp_path: Path) -> None:
     """The cloud kernel has no 9p: a self-contained initramfs, files over the channel."""
-    release = load_pin("cloud").release
+    release = kernels.resolve(flavour="cloud").release
     src = tmp_path / "blob"
     src.write_bytes(os.urandom(100000))
     with VMSession(flavour="cloud", progress=None) as vm:
@@ -269,7 +271,7 @@ def _toalab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 def test_cli_vm_run_prints_output_and_exit_code() -> None:
     p = _toalab("vm", "run", "--", "sh", "-c", "uname -r; echo oops >&2; exit 5")
     assert p.returncode == 5, p.stderr
-    assert p.stdout.strip() == load_pin().release
+    assert p.stdout.strip() == kernels.resolve().release
     assert "oops" in p.stderr
 
 

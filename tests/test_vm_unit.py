@@ -11,9 +11,8 @@ import pytest
 
 from lab.errors import LabError
 from lab.vm import proto
-from lab.vm.config import PIN_FILE, load_pin
 from lab.vm.console import ConsoleWatcher
-from lab.vm.image import Cpio, ImageBuilder, module_closure
+from lab.vm.image import Cpio, module_closure
 from lab.vm.proto import T
 
 
@@ -98,21 +97,3 @@ def test_cpio_archive_is_readable_by_cpio(tmp_path: Path) -> None:
         ["cpio", "-itv", "-F", str(tmp_path / "a.cpio")], capture_output=True, text=True, check=True
     ).stdout
     assert "bin/hello" in out and "bin/sh -> busybox" in out and out.count("\n") == 4
-
-
-def test_pin_and_flavours() -> None:
-    pin = load_pin()
-    assert pin.flavour == "generic" and pin.release == f"{pin.abi}-amd64"
-    assert load_pin("rt").image_pkg == f"linux-image-{pin.abi}-rt-amd64"
-    with pytest.raises(LabError, match="unknown VM kernel flavour 'xen'"):
-        load_pin("xen")
-
-
-@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get")
-def test_a_pin_gone_from_the_mirror_says_how_to_fix_it(tmp_path: Path) -> None:
-    b = ImageBuilder(build=tmp_path, progress=None)
-    with pytest.raises(LabError) as e:
-        b._download("linux-image-6.1.0-56-amd64", "0.0-not-a-version")
-    msg = str(e.value)
-    assert "\n" not in msg
-    assert "no longer on the Debian mirror" in msg and str(PIN_FILE) in msg

@@ -80,6 +80,7 @@ class VMEngine(Engine):
                 vm = VMSession(
                     self.vm_name,
                     persistent=True,
+                    kernel=data.get("kernel"),
                     flavour=data.get("flavour"),
                     accel=data.get("accel") or "auto",
                     extra={"lab": self.name},

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
-from lab.vm.config import build_dir, flavours
+from lab.vm.config import build_dir
+from lab.vm.kernels import config as kernel_config
 
 # the rest of lab.vm is imported by the commands themselves: `toalab --help` stays fast
 ACCELS = ("auto", "kvm", "tcg")
@@ -35,11 +36,18 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("build", help="fetch and build the kernel, agent and initramfs (cached)")
-    p.add_argument("--flavour", choices=sorted(flavours()), help="kernel flavour (default: generic)")
+    _kernel_options(p)
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser(
+        "kernels", help="the kernels the mirror offers per series and flavour, and what is built here"
+    )
+    p.add_argument("--all", action="store_true", help="also list every build the mirror offers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_kernels)
+
     p = sub.add_parser("accel", help="show which accelerator a guest would use, and why")
-    p.add_argument("--flavour", choices=sorted(flavours()))
+    _kernel_options(p)
     p.add_argument("--reprobe", action="store_true", help="forget the cached verdict and probe again")
     p.set_defaults(func=cmd_accel)
 
@@ -56,9 +64,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_log)
 
 
+def _kernel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kernel", metavar="K",
+        help="series[-flavour] (6.1, 6.12-rt) or an exact release; default: $TOALAB_KERNEL or "
+        f"{kernel_config().default} (see: toalab vm kernels)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flavour", choices=sorted(kernel_config().flavours), help="kernel flavour (default: generic)"
+    )
+
+
 def _vm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=ACCELS, default="auto", help="default: auto")
-    p.add_argument("--flavour", choices=sorted(flavours()), help="kernel flavour (default: generic)")
+    _kernel_options(p)
     p.add_argument("--memory", type=int, default=1024, metavar="MB")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--boot-timeout", type=float, metavar="S")
@@ -86,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cb
 
     session = VMSession(
+        kernel=args.kernel,
         flavour=args.flavour,
         accel=args.accel,
         memory_mb=args.memory,
@@ -123,8 +143,8 @@ def _shell_code(code: int) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from lab.vm.image import ImageBuilder
 
-    img = ImageBuilder(args.flavour).build()
-    print(f"kernel   {img.release} ({img.pin.version}, flavour {img.pin.flavour})")
+    img = ImageBuilder(args.kernel, flavour=args.flavour).build()
+    print(f"kernel   {img.kernel.describe()}")
     print(f"vmlinux  {img.vmlinux}")
     print(f"initrd   {img.initramfs}")
     print(f"modules  {img.modules}")
@@ -137,7 +157,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
     from lab.vm import accel as accel_mod
     from lab.vm.image import ImageBuilder
 
-    img = ImageBuilder(args.flavour).build()
+    img = ImageBuilder(args.kernel, flavour=args.flavour).build()
     cache = build_dir() / "accel.json"
     if args.reprobe:
         cache.unlink(missing_ok=True)
@@ -145,6 +165,43 @@ def cmd_accel(args: argparse.Namespace) -> int:
     verdict = accel_mod.resolve("auto", img, build_dir(), log=build_dir() / "kvm-probe.log")
     detail = why or accel_mod.cached_detail(img, build_dir())
     print(f"{verdict}" + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    from lab.vm import kernels
+
+    cfg = kernels.config()
+    if not any(kernels.APT_LISTS.glob("*_Packages*")):
+        kernels.apt_update(lambda m: print(f"toalab vm: {m}", file=sys.stderr))
+    mirror = kernels.mirror_builds(cfg)
+    local = kernels.local_kernels()
+    rows = kernels.offers(mirror, local, cfg)
+    if args.json:
+        print(json.dumps({
+            "default": cfg.default,
+            "kernels": [{
+                "kernel": f"{o.series}-{o.flavour}", "default": o.default,
+                "newest": o.newest.to_json() if o.newest else None,
+                "builds_on_mirror": o.builds, "built": list(o.built), "problems": list(o.problems),
+            } for o in rows],
+            "mirror": [{**b.kernel.to_json(), "problem": b.problem} for b in mirror] if args.all else None,
+        }, indent=1))  # fmt: skip
+        return 0
+    print(f"{'KERNEL':<12} {'NEWEST ON THE MIRROR':<26} {'VERSION':<20} {'BUILDS':>6}  BUILT HERE")
+    for o in rows:
+        mark = " (default)" if o.default else ""
+        newest = o.newest.release if o.newest else "-"
+        version = o.newest.version if o.newest else "-"
+        print(f"{o.series + '-' + o.flavour:<12} {newest:<26} {version:<20} {o.builds:>6}  "
+              f"{', '.join(o.built) or '-'}{mark}")  # fmt: skip
+        for p in o.problems if args.all else ():
+            print(f"{'':<12} not usable: {p}")
+    if args.all:
+        print()
+        for b in mirror:
+            print(f"  {b.kernel.name:<12} {b.kernel.release:<26} {b.kernel.version:<20} {b.problem or 'ok'}")
+    print(f"default: {cfg.default} (images/kernel.toml; override with --kernel or TOALAB_KERNEL)")
     return 0
 
 

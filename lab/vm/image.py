@@ -1,6 +1,8 @@
 """Build what the VM boots, from Debian packages, cached in build/vm/.
 
     build/vm/debs/                    the downloaded .debs (kept: the mirror may drop them)
+    build/vm/mirror.json              the kernel builds the package lists offer (lab/vm/kernels.py)
+    build/vm/<release>/kernel.json    which build this is: series, flavour, packages and versions
     build/vm/<release>/root/          image + headers + kbuild packages extracted, depmod'ed
     build/vm/<release>/vmlinux        the kernel decompressed from vmlinuz (boots via PVH,
                                       which saves ~3 s of decompression per boot under TCG)
@@ -26,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -33,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.vm.config import IMAGES, PIN_FILE, KernelPin, build_dir, load_pin
+from lab.vm import kernels
+from lab.vm.config import IMAGES, build_dir
+from lab.vm.kernels import Kernel
 
 BUSYBOX = Path("/bin/busybox")
 INIT_SCRIPT = IMAGES / "init"
@@ -64,7 +69,7 @@ def _stderr_progress(msg: str) -> None:
 
 @dataclass(frozen=True)
 class Image:
-    pin: KernelPin
+    kernel: Kernel
     root: Path  # extracted packages
     vmlinux: Path
     initramfs: Path
@@ -72,7 +77,7 @@ class Image:
 
     @property
     def release(self) -> str:
-        return self.pin.release
+        return self.kernel.release
 
     @property
     def shared_root(self) -> bool:
@@ -82,31 +87,47 @@ class Image:
 
     @property
     def modules(self) -> Path:
-        return self.root / "lib" / "modules" / self.pin.release
+        return self.root / "lib" / "modules" / self.kernel.release
 
     @property
     def headers(self) -> Path:
         """The kbuild tree to build out-of-tree modules against (make -C <this> M=...)."""
-        return self.root / "usr" / "src" / f"linux-headers-{self.pin.release}"
+        return self.root / "usr" / "src" / f"linux-headers-{self.kernel.release}"
+
+
+class _Gone(Exception):
+    """A package the lists named is not on the mirror (any more)."""
 
 
 class ImageBuilder:
+    """The image of one kernel: ImageBuilder("6.12"), ImageBuilder(flavour="rt"), or a
+    resolved Kernel.  None: $TOALAB_KERNEL, else the default in images/kernel.toml."""
+
     def __init__(
         self,
-        flavour: str | None = None,
+        kernel: str | Kernel | None = None,
         *,
+        flavour: str | None = None,
         build: Path | None = None,
         progress: Progress | None = _stderr_progress,
     ) -> None:
-        self.pin = load_pin(flavour)
         self.build_root = build or build_dir()
         self.progress = progress or (lambda _m: None)
-        self.kdir = self.build_root / self.pin.release
+        self.request = kernel
+        self.flavour = flavour
+        if isinstance(kernel, Kernel):
+            self.kernel = kernel
+        else:
+            self.kernel = kernels.resolve(kernel, flavour, note=self.progress, build=self.build_root)
         self.debs = self.build_root / "debs"
+
+    @property
+    def kdir(self) -> Path:
+        return self.build_root / self.kernel.release
 
     def image(self) -> Image:
         return Image(
-            pin=self.pin,
+            kernel=self.kernel,
             root=self.kdir / "root",
             vmlinux=self.kdir / "vmlinux",
             initramfs=self.kdir / "initramfs.cpio",
@@ -114,81 +135,107 @@ class ImageBuilder:
         )
 
     def build(self) -> Image:
-        img = self.image()
         self.build_root.mkdir(parents=True, exist_ok=True)
         # one builder at a time per build dir (parallel test runs, make -j)
         with open(self.build_root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self._kernel(img)
+            self._kernel_fetched()
+            img = self.image()
             self._agent(img)
             self._initramfs(img)
         return img
 
     # -- stage: kernel packages -------------------------------------------------------
+    def _kernel_fetched(self) -> None:
+        """_kernel(), and when the lists were stale (the mirror dropped a build since
+        the last apt-get update): refresh them, resolve again, and retry once."""
+        try:
+            self._kernel(self.image())
+            return
+        except _Gone as e:
+            gone = str(e)
+        if isinstance(self.request, Kernel):
+            raise LabError(f"{gone} is no longer on the Debian mirror; ask for its series instead")
+        if not kernels.apt_update(self.progress):
+            raise LabError(
+                f"{gone} is gone from the Debian mirror and apt-get update failed: check the network"
+            )
+        old = self.kernel
+        self.kernel = kernels.resolve(self.request, self.flavour, note=self.progress, build=self.build_root)
+        if self.kernel != old:
+            self.progress(f"{gone} left the mirror; using {self.kernel.describe()}")
+        try:
+            self._kernel(self.image())
+        except _Gone as e:
+            raise LabError(
+                f"{e} is in the package lists but not on the Debian mirror: try again later"
+            ) from None
+
     def _kernel(self, img: Image) -> None:
-        pin = self.pin
-        inputs = {"pin": [pin.abi, pin.version, pin.suffix], "code": 3}
+        k = self.kernel
+        inputs = {"kernel": [k.release, k.version, [list(p) for p in k.packages]], "code": 4}
         if _stamp_ok(self.kdir / "kernel.stamp", inputs) and img.vmlinux.exists():
             return
         t0 = time.monotonic()
-        self.progress(f"kernel {pin.release} ({pin.version}): fetching packages")
-        debs = [self._download(pin.image_pkg, pin.version)]
-        headers = self._download(pin.headers_pkg, pin.version)
-        debs.append(headers)
-        for name, ver in _kernel_deps(headers):
-            debs.append(self._download(name, ver or pin.version))
+        self.progress(f"kernel {k.describe()}: fetching packages")
+        debs = [self._download(name, ver) for name, ver in k.packages]
         root = img.root
         tmp = self.kdir / "root.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for deb in debs:
-            self.progress(f"  extracting {deb.name}")
-            _run(["dpkg-deb", "-x", str(deb), str(tmp)], f"extracting {deb.name}")
-        self.progress(f"  depmod {pin.release}")
-        _run(["depmod", "-b", str(tmp), pin.release], "depmod")
+        try:
+            for deb in debs:
+                self.progress(f"  extracting {deb.name}")
+                _run(["dpkg-deb", "-x", str(deb), str(tmp)], f"extracting {deb.name}")
+            _relocate_headers(tmp, root)
+            self.progress(f"  depmod {k.release}")
+            _run(["depmod", "-b", str(tmp), k.release], "depmod")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         tmp.rename(root)
-        vmlinuz = root / "boot" / f"vmlinuz-{pin.release}"
+        vmlinuz = root / "boot" / f"vmlinuz-{k.release}"
         self.progress("  decompressing vmlinuz for direct (PVH) boot")
         if not _extract_vmlinux(vmlinuz, img.vmlinux):
             self.progress(
                 "  could not decompress it (for LZ4: apt-get install lz4); booting the "
                 "compressed image, ~2 s slower under TCG"
             )
-        _stamp_write(self.kdir / "kernel.stamp", inputs)
-        self.progress(f"kernel {pin.release} ready in {time.monotonic() - t0:.1f} s")
+        _json_write(self.kdir / "kernel.json", k.to_json())
+        _json_write(self.kdir / "kernel.stamp", inputs)
+        self.progress(f"kernel {k.release} ready in {time.monotonic() - t0:.1f} s")
 
     def _download(self, pkg: str, version: str) -> Path:
+        """The .deb of pkg=version from build/vm/debs, fetched there first if needed.
+
+        Fetched into a private directory and moved in whole: an interrupted download
+        never leaves a truncated .deb in the cache."""
         self.debs.mkdir(parents=True, exist_ok=True)
         fname = f"{pkg}_{version.replace(':', '%3a')}_"
         for f in self.debs.glob(f"{fname}*.deb"):
             return f
         self.progress(f"  downloading {pkg}={version}")
-        missing = re.compile(r"Unable to locate package|was not found|Can't select")
-        for attempt in range(2):
+        part = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.debs))
+        try:
             p = subprocess.run(
-                ["apt-get", "download", f"{pkg}={version}"],
-                cwd=self.debs,
-                capture_output=True,
-                text=True,
+                ["apt-get", "download", f"{pkg}={version}"], cwd=part, capture_output=True, text=True
             )
-            found = list(self.debs.glob(f"{fname}*.deb"))
-            err = (p.stderr or p.stdout).strip()
-            if found or attempt or not missing.search(err):
-                break
-            # maybe only the package lists are stale (or were never fetched)
-            self.progress("  not in the package lists: apt-get update")
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-        if p.returncode != 0 or not found:
-            if missing.search(err):
-                raise LabError(
-                    f"{pkg}={version} is no longer on the Debian mirror; update the pin in "
-                    f"{PIN_FILE} (list candidates: apt-cache policy 'linux-image-6.1.0-*-amd64'; "
-                    "run apt-get update first)"
-                )
-            last = err.splitlines()[-1] if err else f"exit {p.returncode}"
-            raise LabError(f"apt-get download {pkg}={version} failed: {last}")
-        return found[0]
+            got = list(part.glob(f"{fname}*.deb"))
+            if p.returncode == 0 and got:
+                dst = self.debs / got[0].name
+                os.replace(got[0], dst)
+                return dst
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
+        err = (p.stderr or p.stdout).strip()
+        if re.search(r"Unable to locate package|was not found|Can't select|404\s+Not Found", err):
+            raise _Gone(f"{pkg}={version}")
+        last = err.splitlines()[-1] if err else f"exit {p.returncode}"
+        raise LabError(
+            f"cannot fetch {pkg}={version} ({last}): check the network and the apt sources, "
+            "then run apt-get update; kernels built once keep working offline"
+        )
 
     # -- stage: agent ------------------------------------------------------------------
     def _agent(self, img: Image) -> None:
@@ -200,7 +247,7 @@ class ImageBuilder:
         out.mkdir(parents=True, exist_ok=True)
         img.agent.unlink(missing_ok=True)
         _run(["make", "-s", "-C", str(AGENT_DIR), f"O={out}"], "building the guest agent")
-        _stamp_write(out / "agent.stamp", inputs)
+        _json_write(out / "agent.stamp", inputs)
 
     # -- stage: initramfs ----------------------------------------------------------------
     def _initramfs(self, img: Image) -> None:
@@ -230,7 +277,7 @@ class ImageBuilder:
             cpio.dir(bindir)
         else:
             self.progress(
-                f"initramfs (self-contained: the {self.pin.flavour} kernel has no 9p): "
+                f"initramfs (self-contained: the {self.kernel.flavour} kernel has no 9p): "
                 f"{len(programs)} host programs and their libraries, network modules"
             )
             bindir = "usr/bin"
@@ -264,13 +311,13 @@ class ImageBuilder:
         tmp = img.initramfs.with_suffix(".tmp")
         tmp.write_bytes(cpio.finish())
         tmp.replace(img.initramfs)
-        _stamp_write(stamp, inputs)
+        _json_write(stamp, inputs)
 
     def _bundle_modules(self, img: Image, cpio: Cpio) -> None:
         """The network modules (and deps) under /lib/modules/<release>, depmod'ed."""
         stage = self.kdir / "bundle-modules"
         shutil.rmtree(stage, ignore_errors=True)
-        rel = self.pin.release
+        rel = self.kernel.release
         dst = stage / "lib" / "modules" / rel
         dst.mkdir(parents=True)
         for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
@@ -469,15 +516,14 @@ class Cpio:
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _kernel_deps(headers_deb: Path) -> list[tuple[str, str | None]]:
-    """The linux-headers-*-common and linux-kbuild-* packages the headers need."""
-    p = _run(["dpkg-deb", "-f", str(headers_deb), "Depends"], "reading package dependencies")
-    out = []
-    for dep in p.split(","):
-        m = re.match(r"\s*(linux-(?:headers|kbuild)-[^\s(]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?", dep)
-        if m:
-            out.append((m.group(1), m.group(2)))
-    return out
+def _relocate_headers(tmp: Path, root: Path) -> None:
+    """Point the headers' `include /usr/src/...-common/Makefile` at the extracted tree
+    (it is absolute: as packaged, it would build against whatever the host installed)."""
+    for mk in tmp.glob("usr/src/linux-headers-*/Makefile"):
+        text = mk.read_text()
+        fixed = re.sub(r"^include /usr/src/", f"include {root}/usr/src/", text, flags=re.M)
+        if fixed != text:
+            mk.write_text(fixed)
 
 
 def _bundle_programs() -> list[str]:
@@ -546,8 +592,8 @@ def _stamp_ok(p: Path, inputs: object) -> bool:
     return _stamp_read(p) == json.loads(json.dumps(inputs))
 
 
-def _stamp_write(p: Path, inputs: object) -> None:
+def _json_write(p: Path, data: object) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(inputs))
+    tmp.write_text(json.dumps(data))
     os.replace(tmp, p)

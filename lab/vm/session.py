@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -39,6 +39,7 @@ from lab.vm import accel as accel_mod
 from lab.vm.client import Channel, OutputCallback, RemoteJob, VMError
 from lab.vm.config import REPO, build_dir
 from lab.vm.image import ImageBuilder, Progress, _stderr_progress
+from lab.vm.kernels import Kernel
 from lab.vm.qemu import QemuConfig
 from lab.vm.supervisor import SupervisorSpec
 
@@ -86,6 +87,7 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass
 class VMOptions:
+    kernel: str | None = None  # series[-flavour] or a release; None: $TOALAB_KERNEL or the default
     flavour: str | None = None
     accel: str = "auto"
     memory_mb: int = 1024
@@ -121,7 +123,7 @@ class VMSession:
     def start(self) -> VMSession:
         t0 = time.monotonic()
         opts = self.options
-        image = ImageBuilder(opts.flavour, progress=self.progress).build()
+        image = ImageBuilder(opts.kernel, flavour=opts.flavour, progress=self.progress).build()
         t_built = time.monotonic()
         self.timings["image_check_s"] = round(t_built - t0, 3)
         if supervisor_alive(self.rundir):
@@ -136,6 +138,9 @@ class VMSession:
         results = opts.results or (build_dir() / "results" / self.name)
         results = Path(results).resolve()
         results.mkdir(parents=True, exist_ok=True)
+        # what every result written there was run on
+        (results / "kernel.json").write_text(json.dumps(image.kernel.to_json(), indent=1) + "\n")
+        self.progress(f"booting {image.kernel.describe()} under {accel}")
         cfg = QemuConfig(
             image=image,
             accel=accel,
@@ -157,7 +162,8 @@ class VMSession:
             owner_pid=None if self.persistent else os.getpid(),
             results=str(results),
             extra={
-                "flavour": image.pin.flavour,
+                "flavour": image.kernel.flavour,
+                "kernel": image.kernel.to_json(),
                 "headers": str(image.headers),
                 "shared_root": image.shared_root,
                 **opts.extra,
@@ -271,6 +277,11 @@ class VMSession:
         return str(self.info.get("release", ""))
 
     @property
+    def kernel(self) -> Kernel:
+        """The Debian build the guest runs (series, flavour, package versions)."""
+        return Kernel.from_json(self.info["kernel"])
+
+    @property
     def accel(self) -> str:
         return str(self.info.get("accel", ""))
 
@@ -300,6 +311,14 @@ class VMSession:
              remote, f"{mode:o}"],
             input=data, check=True, timeout=120,
         )  # fmt: skip
+
+    def provide(self, paths: Iterable[Path | str]) -> None:
+        """Make host files visible at the same paths in the guest: nothing to do with a
+        shared root; copied in (mode kept) without one (the cloud flavour)."""
+        if self.shared_root:
+            return
+        for p in map(Path, paths):
+            self.put(p, str(p.resolve()), p.stat().st_mode & 0o777)
 
     def get(self, remote: str, local: Path | str) -> Path:
         """Copy a guest file to the host."""
