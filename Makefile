@@ -9,7 +9,7 @@ BOOTSTRAP := $(VENV)/.toalab-installed
 # Parts that live in their own directories and have their own Makefiles.
 SUBDIRS := $(patsubst %/Makefile,%,$(wildcard kmod/Makefile bpf/Makefile images/Makefile))
 
-.PHONY: all build demo test test-fast lint bench help clean bootstrap $(SUBDIRS)
+.PHONY: all build demo test test-fast test-kernels lint bench help clean bootstrap $(SUBDIRS)
 
 all: build ## build everything (Python package, modules, BPF programs, VM image)
 
@@ -31,10 +31,17 @@ demo: build ## the main job: bring up fullnat-4to4 and show the option reach a r
 	@$(PY) -m lab.demo
 
 lint: $(BOOTSTRAP) ## ruff over the Python code
-	@$(VENV)/bin/ruff check lab tests bench
+	@$(VENV)/bin/ruff check lab tests bench scripts
 
 test: build lint ## the whole suite (unit, BPF, host namespaces, VM)
 	@$(PYTEST) -q -ra $(PYTEST_ARGS)
+
+KERNEL_REPORT := build/kernels/report.jsonl
+test-kernels: build ## the VM suites on every series x flavour; the table goes to kmod/README.md
+	@mkdir -p $(dir $(KERNEL_REPORT)) && rm -f $(KERNEL_REPORT)
+	@$(PYTEST) -q -ra --kernels=all --kernel-report=$(KERNEL_REPORT) \
+		tests/test_kmod_vm.py tests/test_bpf_vm.py tests/test_lb_toa_vm.py $(PYTEST_ARGS); rc=$$?; \
+	$(PY) scripts/kernel_table.py $(KERNEL_REPORT) --readme kmod/README.md || rc=1; exit $$rc
 
 test-fast: $(BOOTSTRAP) ## unit tests only, no root features
 	@$(PYTEST) -q -m "not host and not bpf and not vm" $(PYTEST_ARGS)

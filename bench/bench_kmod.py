@@ -132,16 +132,21 @@ def main() -> int:
     ap.add_argument("--datagrams", type=int, default=15000, help="UDP datagrams per run")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 if a ratio misses the target")
+    ap.add_argument(
+        "--kernel", help="VM kernel: series[-flavour] or release (default: $TOALAB_KERNEL, kernel.toml)"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_kmod: needs root (VM engine)", file=sys.stderr)
         return 1
 
     t0 = time.monotonic()
-    art = kmod.build()
+    art = kmod.build(args.kernel)
     topo = topology.load(ROOT / "topologies" / "fullnat-4to4.yaml")
     unloaded, loaded = Figures(), Figures()
-    with VMSession(progress=None) as vm, vm.lab(topo, name=f"bk{os.getpid() % 100000}") as lab:
+    session = VMSession(kernel=args.kernel, progress=None)
+    with session as vm, vm.lab(topo, name=f"bk{os.getpid() % 100000}") as lab:
+        mark = kmod.dmesg_mark(vm)
         print(f"guest {vm.release} ({vm.accel}), ready in {time.monotonic() - t0:.1f} s; "
               f"{args.rounds} rounds of {args.conns} connections, {args.calls} getpeername calls, "
               f"{args.datagrams} datagrams")  # fmt: skip
@@ -155,7 +160,7 @@ def main() -> int:
                   f"getpeername ns {u.getpeername_ns[-1]:.0f} -> {o.getpeername_ns[-1]:.0f}, "
                   f"udp rx/s {u.udp_rx_per_s[-1]:.0f} -> {o.udp_rx_per_s[-1]:.0f}")  # fmt: skip
         bench.set_modules(set())
-        problems = kmod.dmesg_problems(vm)
+        problems = kmod.dmesg_problems(vm, mark)
         accel = vm.accel
 
     med = statistics.median

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 KMOD = REPO / "kmod"
 MODULES = ("toa", "uoa")
+# test-only modules, built beside them (kmod/tests/): name -> directory under the build tree
+TEST_MODULES = {"ipmodify_holder": "tests/ipmodify_holder"}
 PROGRAMS = ("tcp_server", "tcp_client", "udp_server", "udp_client", "toa_bench", "test_toa_opt")
 
 
@@ -56,6 +58,8 @@ class Artifacts:
     root: Path
 
     def module(self, name: str) -> Path:
+        if name in TEST_MODULES:
+            return self.root / TEST_MODULES[name] / f"{name}.ko"
         if name not in MODULES:
             raise LabError(f"unknown module '{name}' (modules: {', '.join(MODULES)})")
         return self.root / name / f"{name}.ko"
@@ -65,7 +69,8 @@ class Artifacts:
 
     def files(self) -> list[Path]:
         """Every module and program (what a guest without the host's / needs copied in)."""
-        return [*map(self.module, MODULES), *(Path(self.bin(p)) for p in PROGRAMS)]
+        mods = [*MODULES, *TEST_MODULES]
+        return [*map(self.module, mods), *(Path(self.bin(p)) for p in PROGRAMS)]
 
     def check(self) -> Artifacts:
         missing = [str(p) for p in self.files() if not p.exists()]
@@ -167,10 +172,16 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
-def dmesg_problems(target: Target) -> list[str]:
+def dmesg_mark(target: Target) -> int:
+    """Where the kernel log is now: pass it to dmesg_problems(since=) to judge only what
+    came after (a guest kernel's own boot warnings are not the modules' doing)."""
+    return len(run(target, ["dmesg"], timeout=30).check().stdout.splitlines())
+
+
+def dmesg_problems(target: Target, since: int = 0) -> list[str]:
     """Kernel log lines that say something went wrong (WARNING, BUG, Oops, ...)."""
     out = run(target, ["dmesg"], timeout=30).check().stdout
-    return [line for line in out.splitlines() if _DMESG_BAD.search(line)]
+    return [line for line in out.splitlines()[since:] if _DMESG_BAD.search(line)]
 
 
 _DMESG_BAD = re.compile(

@@ -581,6 +581,8 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
     rec = lab.engine.record
     lb_ns = rec.ns(lb_node)
     obj = bpf.obj_path(BPF_OBJ)  # built on the host; a VM guest reads it over its 9p root
+    pass_obj = bpf.obj_path("xdp_pass")
+    lab.engine.provide([obj, pass_obj])
     sys_ = bpf.Sys(runner_for(lab))
     sys_.ensure_bpffs()
     pin_dir = PIN_ROOT / lab.name
@@ -608,7 +610,6 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
             _vxlan_devices(lab, topo, handle)
         # both ends of both lb links compute checksums in software; the peers
         # need an XDP program to accept redirected frames (lab.bpf.tx_checksum_off)
-        pass_obj = bpf.obj_path("xdp_pass")
         for ifname in (client_if, rs_if):
             pnode, pif = _peer(topo, lb_node, ifname)
             sys_.tx_checksum_off(lb_ns, ifname)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import zlib
@@ -15,6 +16,85 @@ from lab.lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kernels",
+        default=os.environ.get("TOALAB_KERNELS", ""),
+        help="VM kernels for the suites that run per kernel: a comma list of series[-flavour] or "
+        "releases, or 'all' (every series x flavour in images/kernel.toml).  Default: the module "
+        "and BPF suites on the default kernel and kernel.toml's other series, the whole path on "
+        "the default kernel.  Also $TOALAB_KERNELS.",
+    )
+    parser.addoption(
+        "--kernel-report",
+        default=os.environ.get("TOALAB_KERNEL_REPORT", ""),
+        help="append one JSON line per per-kernel test outcome to this file (make test-kernels)",
+    )
+
+
+SUITES = {"test_kmod_vm": "module suite", "test_bpf_vm": "BPF suite", "test_lb_toa_vm": "whole path"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    path = item.config.getoption("--kernel-report")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    kernel = params.get("kernel") or params.get("path_kernel")
+    if not path or not kernel or not (rep.when == "call" or rep.outcome != "passed"):
+        return
+    reason = ""
+    if rep.skipped and isinstance(rep.longrepr, tuple):
+        reason = str(rep.longrepr[2]).removeprefix("Skipped: ")
+    elif rep.failed:
+        crash = getattr(rep.longrepr, "reprcrash", None)
+        reason = str(crash.message if crash else rep.longrepr)
+    line = {
+        "kernel": kernel,
+        "suite": SUITES.get(item.module.__name__ if item.module else "", item.nodeid.split("::")[0]),
+        "test": item.name,
+        "when": rep.when,
+        "outcome": rep.outcome,
+        "reason": reason.splitlines()[0][:300] if reason else "",
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def kernel_axis(config: pytest.Config, *, wide: bool) -> list[str]:
+    """The kernels a per-kernel suite runs on (wide: the module and BPF suites)."""
+    from lab.vm import kernels
+
+    cfg = kernels.config()
+    opt = str(config.getoption("--kernels") or "").strip()
+    if opt == "all":
+        return [f"{s}-{f}" for s in cfg.series for f in cfg.flavours]
+    if opt:
+        return [k.strip() for k in opt.split(",") if k.strip()]
+    default = os.environ.get("TOALAB_KERNEL") or cfg.default
+    return [default, *(s for s in cfg.other if s != default)] if wide else [default]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # `kernel`: the module and BPF suites; `path_kernel`: the whole path (one guest per kernel)
+    for name, wide in (("kernel", True), ("path_kernel", False)):
+        if name in metafunc.fixturenames:
+            ks = kernel_axis(metafunc.config, wide=wide)
+            metafunc.parametrize(name, ks, ids=ks, scope="module")
+
+
+def unsupported(kernel: str, err: Exception) -> None:
+    """A module that refused to load: the kernel is unsupported (skip, with the reason) unless
+    it is the generic flavour of a series we test on, where it must load (fail)."""
+    from lab.vm import kernels
+
+    req = kernels.parse_request(kernel)
+    if req.flavour == "generic":
+        pytest.fail(f"{kernel} is a supported kernel and the module refused it: {err}")
+    pytest.skip(f"unsupported on {kernel}: {err}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import unsupported
 
 from lab import bpf, kmod, lb, topology
 from lab.lab import Lab
@@ -52,16 +53,20 @@ class Guest:
 
 
 @pytest.fixture(scope="module")
-def guest() -> Iterator[Guest]:
+def guest(path_kernel: str) -> Iterator[Guest]:
     if os.geteuid() != 0:
         pytest.fail("the VM tests need root (9p export of /, namespaces in the guest)")
     for obj in (lb.BPF_OBJ, "xdp_pass"):
         bpf.obj_path(obj)  # built on the host; the guest reads bpf/build over its 9p root
-    art = kmod.build()
-    with VMSession(progress=None) as vm:
+    art = kmod.build(path_kernel)
+    with VMSession(kernel=path_kernel, progress=None) as vm:
         expect("guest kernel vs the one the modules were built for", vm.release, art.release)
+        vm.provide([*art.files(), bpf.obj_path(lb.BPF_OBJ), bpf.obj_path("xdp_pass")])
         for mod in kmod.MODULES:
-            kmod.load(vm, mod, art)
+            try:
+                kmod.load(vm, mod, art)
+            except kmod.Unsupported as e:
+                unsupported(path_kernel, e)
         expect("loaded modules", kmod.loaded(vm), set(kmod.MODULES))
         yield Guest(vm, art)
 

@@ -48,6 +48,7 @@
 #include "toa.h"
 #include "toa_parse.h"
 #include "toa_kern.h"
+#include "toa_compat.h"
 
 static unsigned int toa_map_table_bits = 12;
 module_param(toa_map_table_bits, uint, 0444);
@@ -441,9 +442,10 @@ static int toa_getname_fix(struct socket *sock, struct sockaddr *uaddr,
  * inet_getname / inet6_getname (the ops tables stay read-only) whose
  * callback, only for a TCP socket while the table holds entries, points
  * regs->ip at toa_inet{,6}_getname.  Every other call costs the callback
- * alone.  The wrapper calls the original through its address past the
- * fentry call site, so ftrace does not fire twice (the parent_ip check
- * in the callback would let such a nested call through anyway).
+ * alone.  The wrapper calls the original past the fentry call site, so
+ * ftrace does not fire twice, or where IBT forbids that, by its symbol,
+ * and the parent_ip check in the callback lets that nested call through
+ * (toa_compat.h).
  *
  * No FTRACE_OPS_FL_RECURSION: its helper (recursion lock, preemption
  * off) doubled the cost of the hook, and the callback cannot recurse, it
@@ -455,13 +457,11 @@ static int toa_getname_fix(struct socket *sock, struct sockaddr *uaddr,
  * callback, before it left the trampoline) until the wrapper is done; an
  * RCU-tasks grace period then covers the wrapper's last instructions.
  */
-typedef int (*toa_getname_t)(struct socket *sock, struct sockaddr *uaddr,
-			     int peer);
-
 struct toa_hook {
 	const char *name;
 	void *wrapper;
-	toa_getname_t orig;
+	toa_getname_t exported;	/* the original, by its symbol */
+	toa_getname_t orig;	/* what the wrapper calls (toa_getname_orig) */
 	struct ftrace_ops ops;
 	bool registered;
 };
@@ -488,9 +488,10 @@ static void notrace toa_getname_ftrace(unsigned long ip,
 				       struct ftrace_ops *ops,
 				       struct ftrace_regs *fregs);
 
-#define TOA_HOOK(_name, _wrapper) {					\
-	.name		= _name,					\
+#define TOA_HOOK(_fn, _wrapper) {					\
+	.name		= #_fn,						\
 	.wrapper	= _wrapper,					\
+	.exported	= _fn,						\
 	.ops = {							\
 		.func	= toa_getname_ftrace,				\
 		.flags	= FTRACE_OPS_FL_SAVE_REGS |			\
@@ -499,8 +500,8 @@ static void notrace toa_getname_ftrace(unsigned long ip,
 }
 
 static struct toa_hook toa_hooks[] = {
-	TOA_HOOK("inet_getname", toa_inet_getname),
-	TOA_HOOK("inet6_getname", toa_inet6_getname),
+	TOA_HOOK(inet_getname, toa_inet_getname),
+	TOA_HOOK(inet6_getname, toa_inet6_getname),
 };
 
 /* int inet{,6}_getname(struct socket *sock, struct sockaddr *uaddr,
@@ -555,17 +556,15 @@ static int toa_inet6_getname(struct socket *sock, struct sockaddr *uaddr,
 }
 
 /*
- * The fentry call site of @name, the function's first instruction (no
- * IBT), or 0.  kallsyms_lookup_name() is not exported: a transient kprobe
- * resolves the name, and says whether its address is that call site.
+ * The fentry call site of @name (its first instruction, or the one after
+ * an ENDBR), or 0.  kallsyms_lookup_name() is not exported: a transient
+ * kprobe resolves the name, and says whether its address is that site.
  */
 static unsigned long toa_resolve(const char *name)
 {
 	struct kprobe kp = { .symbol_name = name };
 	unsigned long addr = 0;
 
-	if (IS_ENABLED(CONFIG_X86_KERNEL_IBT))
-		return 0;	/* the indirect call would need the ENDBR */
 	if (register_kprobe(&kp))
 		return 0;
 	if (kprobe_ftrace(&kp))
@@ -605,22 +604,24 @@ static int toa_register_hooks(void)
 		unsigned long addr = toa_resolve(h->name);
 
 		if (!addr) {
-			pr_err("%s: no ftrace site at its entry\n", h->name);
+			pr_err("not loading: %s has no ftrace call site at its entry\n",
+			       h->name);
 			err = -ENOENT;
 			goto fail;
 		}
-		/* past the fentry call: the original, without the hook */
-		h->orig = (toa_getname_t)(addr + MCOUNT_INSN_SIZE);
+		h->orig = toa_getname_orig(addr, h->exported);
 		err = ftrace_set_filter_ip(&h->ops, addr, 0, 0);
 		if (err) {
-			pr_err("ftrace_set_filter_ip(%s) failed: %d\n",
+			pr_err("not loading: ftrace cannot filter %s: %d\n",
 			       h->name, err);
 			goto fail;
 		}
 		err = register_ftrace_function(&h->ops);
 		if (err) {
-			pr_err("register_ftrace_function(%s) failed: %d\n",
-			       h->name, err);
+			pr_err("not loading: cannot hook %s: %d%s\n", h->name, err,
+			       err == -EBUSY ?
+			       " (another IPMODIFY user, such as a livepatch, has it)" :
+			       "");
 			ftrace_free_filter(&h->ops);
 			goto fail;
 		}

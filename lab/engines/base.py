@@ -14,7 +14,7 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -165,6 +165,11 @@ class Engine(ABC):
             "topology": r.topology,
             "nodes": {n: {"role": r.roles.get(n, "?"), "netns": ns} for n, ns in r.namespaces.items()},
         }
+
+    def provide(self, paths: Iterable[Path | str]) -> None:
+        """Make host files readable at the same paths in this engine's kernel: they
+        already are, except in a guest without the host's / (VMEngine)."""
+        return None
 
     def _attach_lb(self, topo: Topology) -> None:
         """Run the fullnat LB of the topology's services in this engine's

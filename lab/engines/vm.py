@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from lab.engines.base import Engine, ExecResult, LabRecord
@@ -57,6 +58,10 @@ class VMEngine(Engine):
             except VMError as e:
                 raise VMError(f"lab '{self.name}': {e} (remove the lab: toalab down {self.name})") from None
         return self._vm
+
+    def provide(self, paths: Iterable[Path | str]) -> None:
+        """Host files (programs, objects) at the same paths in the guest (VMSession.provide)."""
+        self.vm().provide(paths)
 
     def close(self) -> None:
         """Drop this process's connection to the guest (the guest keeps running)."""

@@ -53,7 +53,7 @@ INITRAMFS_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virti
 BUNDLE_BOOT_MODULES = ("virtio_mmio", "virtio_pci", "virtio_console")
 BUNDLE_PROGRAMS = (
     "dash", "ip", "tc", "bridge", "ss", "nstat", "tcpdump", "ping", "sysctl", "bash",
-    "modprobe", "insmod", "rmmod", "lsmod", "modinfo", "ethtool", "nc", "timeout",
+    "modprobe", "insmod", "rmmod", "lsmod", "modinfo", "ethtool", "nc", "timeout", "bpftool",
 )  # fmt: skip
 BUNDLE_MODULES = (
     "veth", "bridge", "vxlan", "dummy", "8021q", "macvlan", "ipvlan", "sch_netem",
@@ -286,7 +286,7 @@ class ImageBuilder:
                 cpio.mirror(top)
             for p in programs:
                 cpio.mirror(p)
-                for lib in _shared_libs(p):
+                for lib in shared_libs(p):
                     cpio.mirror(lib)
             self._bundle_modules(img, cpio)
             if "dash" in skip:
@@ -535,7 +535,7 @@ def _bundle_programs() -> list[str]:
     return out
 
 
-def _shared_libs(program: str) -> list[str]:
+def shared_libs(program: str) -> list[str]:
     """The shared libraries (and the ELF interpreter) a host program loads."""
     p = subprocess.run(["ldd", program], capture_output=True, text=True)
     libs = []

@@ -314,11 +314,19 @@ class VMSession:
 
     def provide(self, paths: Iterable[Path | str]) -> None:
         """Make host files visible at the same paths in the guest: nothing to do with a
-        shared root; copied in (mode kept) without one (the cloud flavour)."""
+        shared root; without one (the cloud flavour) copied in, mode kept, with the
+        shared libraries of a program."""
         if self.shared_root:
             return
-        for p in map(Path, paths):
-            self.put(p, str(p.resolve()), p.stat().st_mode & 0o777)
+        from lab.vm.image import shared_libs
+
+        files = [str(Path(p).absolute()) for p in paths]
+        libs = sorted({lib for f in files if os.access(f, os.X_OK) for lib in shared_libs(f)})
+        # libraries the guest has already stay (overwriting a mapped libc would kill its users)
+        absent = 'for f; do test -e "$f" || echo "$f"; done'
+        missing = self.run(["sh", "-c", absent, "-", *libs]).stdout.split()
+        for f in (*files, *missing):
+            self.put(f, f, Path(f).stat().st_mode & 0o777)
 
     def get(self, remote: str, local: Path | str) -> Path:
         """Copy a guest file to the host."""
