@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from lab.checksum import ones_sum, pseudo_header
 from lab.errors import LabError
+from lab.kernel import KernelHandle
+from lab.kinds import XdpPort, xdp_ports
 
 if TYPE_CHECKING:
     from lab.topology import Topology
@@ -152,74 +154,24 @@ class GwPort:
         return ingress_ifindex.to_bytes(4, sys.byteorder)
 
 
-@dataclass(frozen=True)
-class XdpAttachment:
-    """One XDP program on one interface of a node, as a topology declares it
-    under the node's ``params.xdp``::
-
-        params:
-          xdp:
-            eth0: {prog: gwping, forward: eth1}   # gateway port eth0 -> eth1
-            eth1: {prog: gwping, forward: eth0}
-            eth2: {prog: gwping, forward: eth2}   # one-armed: XDP_TX
-            eth3: {prog: xdp_pass}                # accepts redirected frames
-            eth4: {prog: gwping, mode: generic}   # no forward: to the kernel
-    """
-
-    node: str
-    ifname: str
-    prog: str  # object name in bpf/build, without .o
-    mode: str = "drv"
-    forward: str | None = None  # egress interface of a gwping port
-
-    @property
-    def sec(self) -> str:
-        return BPF_SEC
+# One XDP program on one port, as params.xdp declares it (lab/kinds.py):
+#     eth0: {prog: gwping, forward: eth1}   # gateway port eth0 -> eth1
+#     eth2: {prog: gwping, forward: eth2}   # one-armed: XDP_TX
+#     eth3: {prog: xdp_pass}                # accepts redirected frames
+#     eth4: {prog: gwping, mode: generic}   # no forward: to the kernel
 
 
-def xdp_attachments(topo: Topology) -> list[XdpAttachment]:
-    """The ``params.xdp`` declarations of every node, checked against the
-    node's interfaces; raises LabError naming the place of each problem."""
-    out: list[XdpAttachment] = []
-    problems: list[str] = []
-    for node in topo.nodes.values():
-        decl = node.params.get("xdp") or {}
-        where = f"{topo.source}: nodes.{node.name}.params.xdp"
-        if not isinstance(decl, dict):
-            problems.append(f"{where}: must map interface names to {{prog, mode, forward}}")
-            continue
-        linked = {ep.ifname for ep, _ in topo.links_of(node.name)}
-        for ifname, spec in decl.items():
-            w = f"{where}.{ifname}"
-            if isinstance(spec, str):
-                spec = {"prog": spec}
-            if not isinstance(spec, dict) or "prog" not in spec:
-                problems.append(f"{w}: needs 'prog' (e.g. gwping or xdp_pass)")
-                continue
-            unknown = set(spec) - {"prog", "mode", "forward"}
-            if unknown:
-                problems.append(f"{w}: unknown key(s) {', '.join(sorted(unknown))}")
-            if ifname not in linked:
-                problems.append(f"{w}: no link uses interface {ifname}")
-            fwd = spec.get("forward")
-            if fwd is not None and fwd not in linked:
-                problems.append(f"{w}.forward: no link uses interface {fwd}")
-            if fwd is not None and spec["prog"] != BPF_OBJ:
-                problems.append(f"{w}.forward: only a {BPF_OBJ} port forwards")
-            mode = str(spec.get("mode", "drv"))
-            if mode not in ("drv", "generic"):
-                problems.append(f"{w}.mode: '{mode}' is not drv or generic")
-            out.append(XdpAttachment(node.name, str(ifname), str(spec["prog"]), mode, fwd))
-    if problems:
-        raise LabError("\n".join(problems))
-    return out
+def xdp_attachments(topo: Topology) -> list[XdpPort]:
+    """The ``params.xdp`` ports of every node (checked by Topology.validate)."""
+    return [p for node in topo.nodes.values() for p in xdp_ports(node)]
 
 
 @dataclass
 class DataPlane:
-    """The XDP programs of a running lab, attached from the topology."""
+    """The XDP programs of a running lab, attached from the topology, in its kernel."""
 
-    attached: list[tuple[XdpAttachment, str, int]] = field(default_factory=list)  # (att, ns, prog id)
+    kernel: KernelHandle = field(default_factory=KernelHandle)
+    attached: list[tuple[XdpPort, str, int]] = field(default_factory=list)  # (att, ns, prog id)
 
     def prog_id(self, node: str, ifname: str) -> int:
         for att, _ns, pid in self.attached:
@@ -231,29 +183,25 @@ class DataPlane:
         """The gwping counters of the program on node:ifname, by name."""
         from lab import bpf
 
-        mid = bpf.map_id(self.prog_id(node, ifname), COUNTERS_MAP)
-        raw = bpf.map_u64_counters(bpf.map_dump_id(mid))
+        mid = self.kernel.map_id(self.prog_id(node, ifname), COUNTERS_MAP)
+        raw = bpf.map_u64_counters(self.kernel.map_dump(mid))
         return {name: raw.get(i, 0) for i, name in enumerate(COUNTERS)}
 
     @classmethod
-    def of(cls, topo: Topology, namespaces: dict[str, str]) -> DataPlane:
+    def of(cls, topo: Topology, namespaces: dict[str, str], kernel: KernelHandle) -> DataPlane:
         """The data plane a running lab's engine attached from ``params.xdp``."""
-        from lab import bpf
-
-        dp = cls()
+        dp = cls(kernel)
         for att in xdp_attachments(topo):
-            pid = bpf.xdp_prog_id(namespaces[att.node], att.ifname)
+            pid = kernel.xdp_prog_id(namespaces[att.node], att.ifname)
             if pid is None:
                 raise LabError(f"{att.node}:{att.ifname}: no XDP program attached (is the lab up?)")
             dp.attached.append((att, namespaces[att.node], pid))
         return dp
 
     def detach(self) -> None:
-        from lab import bpf
-
         for att, ns, _pid in self.attached:
             with contextlib.suppress(LabError):
-                bpf.detach_xdp(ns, att.ifname)
+                self.kernel.detach_xdp(ns, att.ifname)
         self.attached.clear()
 
 
@@ -264,39 +212,40 @@ def peer_of(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
     raise LabError(f"{node}:{ifname} is on no link")
 
 
-def apply_data_plane(topo: Topology, namespaces: dict[str, str]) -> DataPlane:
+def apply_data_plane(topo: Topology, namespaces: dict[str, str], kernel: KernelHandle) -> DataPlane:
     """Attach every ``params.xdp`` program of TOPO to its interface (node ->
     namespace as the engine made them) and fill the gwping forwarding tables:
     port IF forwarding to EGRESS sends frames from EGRESS's MAC to the MAC of
     EGRESS's link peer.  Peers of redirect targets need an XDP program (a veth
     accepts redirected frames only then): declare xdp_pass on them.  Both
     ends of every link with an XDP port get TX checksum offload turned off
-    (see lab.bpf.tx_checksum_off: a redirected CHECKSUM_PARTIAL skb would
-    leave with a partial checksum).  Returns what was attached;
-    ``DataPlane.detach`` removes it."""
+    (see KernelHandle.tx_checksum_off: a redirected CHECKSUM_PARTIAL skb would
+    leave with a partial checksum).  Everything happens in KERNEL, the lab's
+    (host or guest).  Returns what was attached; ``DataPlane.detach`` removes it."""
     from lab import bpf
 
-    dp = DataPlane()
+    k = kernel
+    dp = DataPlane(k)
     atts = xdp_attachments(topo)
     ends = {(a.node, a.ifname) for a in atts} | {peer_of(topo, a.node, a.ifname) for a in atts}
     for node, ifname in sorted(ends):
-        bpf.tx_checksum_off(namespaces[node], ifname)
+        k.tx_checksum_off(namespaces[node], ifname)
     try:
         for att in atts:
             ns = namespaces[att.node]
             obj = bpf.obj_path(att.prog)
-            pid = bpf.attach_xdp(ns, att.ifname, obj, sec=att.sec, mode=att.mode)
+            pid = k.attach_xdp(ns, att.ifname, obj, sec=att.sec, mode=att.mode)
             dp.attached.append((att, ns, pid))
             if att.forward is None:
                 continue
             pnode, pif = peer_of(topo, att.node, att.forward)
             port = GwPort(
-                egress_ifindex=bpf.ifindex(ns, att.forward),
-                smac=bpf.mac(ns, att.forward),
-                dmac=bpf.mac(namespaces[pnode], pif),
+                egress_ifindex=k.ifindex(ns, att.forward),
+                smac=k.mac(ns, att.forward),
+                dmac=k.mac(namespaces[pnode], pif),
             )
-            mid = bpf.map_id(pid, PORTS_MAP)
-            bpf.map_update_id(mid, GwPort.key(bpf.ifindex(ns, att.ifname)), port.pack())
+            mid = k.map_id(pid, PORTS_MAP)
+            k.map_update(mid, GwPort.key(k.ifindex(ns, att.ifname)), port.pack())
     except BaseException:
         dp.detach()
         raise

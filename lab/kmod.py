@@ -11,7 +11,7 @@ Shared by tests/test_kmod_vm.py, bench/bench_kmod.py and the demo.
         kmod.stats(lab, "toa")["parsed_v4_in4"]
 
 Engine-agnostic: programs run through Lab.exec / Lab.spawn; a module is
-per kernel, so load/unload/stats accept a Lab (run on any of its nodes) or
+per kernel, so load/unload/stats accept a Lab (its kernel handle) or
 a VMSession (the guest's root namespace).  The guest runs the static
 binaries straight from the host's build tree (the host's / over 9p).
 """
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from lab.engines.base import ExecResult
 from lab.errors import LabError
+from lab.kernel import ExecResult
 from lab.lab import Lab
 
 if TYPE_CHECKING:
@@ -106,11 +106,8 @@ def _make(args: Sequence[str]) -> None:
 
 # -- running things on a lab or a guest ------------------------------------------------------
 def run(target: Target, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
-    """Run argv in the target's kernel: on a lab's first node, or in a guest's root netns."""
-    if isinstance(target, Lab):
-        node = next(iter(target.engine.record.namespaces))
-        return target.exec(node, list(argv), timeout=timeout)
-    return target.run(list(argv), timeout=timeout)
+    """Run argv in the target's kernel (a module is per kernel): a lab's, or a guest's."""
+    return target.kernel().exec(list(argv), timeout=timeout)
 
 
 def sh(target: Target, script: str, *, timeout: float = 60.0) -> ExecResult:

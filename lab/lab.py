@@ -15,6 +15,7 @@ from typing import Any
 
 from lab.engines import Engine, ExecResult, Job, LabRecord, engine_class
 from lab.errors import LabError
+from lab.kernel import KernelHandle
 from lab.plan import ns_name
 from lab.topology import Topology
 
@@ -84,6 +85,10 @@ class Lab:
         self, node: str, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None
     ) -> ExecResult:
         return self.engine.exec(node, argv, timeout=timeout, input=input)
+
+    def kernel(self) -> KernelHandle:
+        """The kernel the lab lives in (lab/kernel.py), on any engine."""
+        return self.engine.kernel()
 
     def spawn(self, node: str, argv: Sequence[str]) -> Job:
         return self.engine.spawn(node, argv)

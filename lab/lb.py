@@ -13,18 +13,15 @@ the ``pack`` methods here are their only Python spelling.  The insertion
 rule, the MSS rule and the flow-state lifetime are documented at the top of
 bpf/lb.c.
 
-Every command (ip, nsenter, bpftool, ethtool, mount) goes through a
-``bpf.Runner`` chosen from the lab's engine (``runner_for``): subprocess on
-the host engine, the guest's ``VMSession.run`` on the VM engine, so the
-program, its pins (the guest's own bpffs) and the maps live in the kernel
-the lab's namespaces are in.
+Every command (ip, nsenter, bpftool, ethtool, mount) goes through the lab's
+kernel handle (``lab.kernel()``, lab/kernel.py): the host's on the host
+engine, the guest's on the VM engine, so the program, its pins (that
+kernel's own bpffs) and the maps live in the kernel the lab's namespaces
+are in.
 
-Per-node settings (``params.fullnat`` of the lb node, all optional):
-``udp_opt_pkts`` (UDP packets per flow that carry the option, default 1),
-``tcp_idle`` / ``udp_idle`` (flow idle lifetime, seconds), ``lport_min`` /
-``lport_max`` (local port range), ``client_if`` / ``rs_if`` (default eth0 /
-eth1).  VXLAN services (``vxlan: true``) need ``params.vxlan`` on each real
-server: ``{vni: N}`` (optional ``dev``, default vx0).
+Per-node settings: ``params.fullnat`` of the lb node and ``params.vxlan`` of
+the real servers of a VXLAN service, typed and checked at load time in
+lab/kinds.py (``Fullnat``, ``Vxlan``).
 """
 
 from __future__ import annotations
@@ -38,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lab import bpf
+from lab import bpf, kinds
 from lab.errors import LabError
+from lab.kernel import KernelHandle
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -334,38 +332,34 @@ class LbHandle:
     pin_dir: Path
     peers: list[tuple[str, str]] = field(default_factory=list)  # (ns, ifname) with xdp_pass
     vxlan_devs: list[tuple[str, str]] = field(default_factory=list)
-    runner: bpf.Runner = bpf.local_runner  # the kernel it lives in (runner_for)
-
-    @property
-    def sys(self) -> bpf.Sys:
-        return bpf.Sys(self.runner)
+    kernel: KernelHandle = field(default_factory=KernelHandle)  # the kernel it lives in
 
     def map_id(self, name: str) -> int:
-        return self.sys.map_id(self.prog_id, name)
+        return self.kernel.map_id(self.prog_id, name)
 
     def counters(self) -> dict[str, int]:
-        return counters(self.sys.map_dump(self.map_id(M_COUNTERS)))
+        return counters(self.kernel.map_dump(self.map_id(M_COUNTERS)))
 
     def flows(self) -> list[Flow]:
-        return flows(self.sys.map_dump(self.map_id(M_FWD)))
+        return flows(self.kernel.map_dump(self.map_id(M_FWD)))
 
     def detach(self) -> None:
-        sys_ = self.sys
+        k = self.kernel
         for ifname in self.ifnames:
-            sys_.detach_xdp(self.lb_ns, ifname)
+            k.detach_xdp(self.lb_ns, ifname)
         for ns, ifname in self.peers:
-            sys_.detach_xdp(ns, ifname)
+            k.detach_xdp(ns, ifname)
         for ns, dev in self.vxlan_devs:
-            sys_.runner(["ip", "-n", ns, "link", "del", dev], 60)
-        sys_.runner(["rm", "-rf", str(self.pin_dir)], 60)
-        sys_.runner(["rmdir", str(PIN_ROOT)], 60)  # when empty
+            k.exec(["ip", "-n", ns, "link", "del", dev])
+        k.exec(["rm", "-rf", str(self.pin_dir)])
+        k.exec(["rmdir", str(PIN_ROOT)])  # when empty
 
 
 def enabled(topo: Topology) -> bool:
     """Whether ``toalab up`` runs the XDP LB: a topology with services does,
     unless its lb node says ``params.fullnat.xdp: false`` (a plain router)."""
     lbs = {s.lb for s in topo.services.values()}
-    return bool(lbs) and all((topo.node(n).params.get("fullnat") or {}).get("xdp", True) for n in lbs)
+    return bool(lbs) and all(kinds.fullnat(topo.node(n)).xdp for n in lbs)
 
 
 def attached(lab: Lab) -> LbHandle:
@@ -374,14 +368,14 @@ def attached(lab: Lab) -> LbHandle:
     if topo is None or not topo.services:
         raise LbError(f"lab '{lab.name}' has no services: no XDP LB")
     node = topo.node(next(iter(topo.services.values())).lb)
-    params = node.params.get("fullnat") or {}
+    fn = kinds.fullnat(node)
     ns = lab.engine.record.ns(node.name)
-    ifnames = list(_ports(params))
-    runner = runner_for(lab)
-    pid = bpf.Sys(runner).xdp_prog_id(ns, ifnames[0])
+    ifnames = [fn.client_if, fn.rs_if]
+    k = lab.kernel()
+    pid = k.xdp_prog_id(ns, ifnames[0])
     if pid is None:
         raise LbError(f"lab '{lab.name}': no XDP LB on {node.name}:{ifnames[0]}")
-    return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name, runner=runner)
+    return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name, kernel=k)
 
 
 def remove_pins(lab_name: str | None = None) -> list[str]:
@@ -399,25 +393,6 @@ def remove_pins(lab_name: str | None = None) -> list[str]:
 def _rmdir_empty(p: Path) -> None:
     with contextlib.suppress(OSError):
         p.rmdir()
-
-
-def runner_for(lab: Lab) -> bpf.Runner:
-    """Where the lab's kernel is: the host's (subprocess), or the VM engine's
-    guest (its VMSession's ``run``, in the guest's root namespace)."""
-    if lab.engine.kind != "vm":
-        return bpf.local_runner
-    vm = lab.engine.vm()  # type: ignore[attr-defined]
-
-    def run_in_guest(argv: list[str], timeout: float) -> tuple[int, str, str]:
-        r = vm.run(argv, timeout=timeout)
-        return r.returncode, r.stdout, r.stderr
-
-    return run_in_guest
-
-
-def _ports(params: dict) -> tuple[str, str]:
-    """The lb node's client-side and RS-side interfaces (params.fullnat)."""
-    return str(params.get("client_if", "eth0")), str(params.get("rs_if", "eth1"))
 
 
 def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
@@ -444,11 +419,11 @@ def _rs_ifname(topo: Topology, rs: str) -> str:
 
 def service_config(
     lab: Lab, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str, opt_pkts: int,
-    sys_: bpf.Sys | None = None,
+    k: KernelHandle | None = None,
 ) -> tuple[Svc, list[Rs], list[IpAddr | str]]:  # fmt: skip
     """The map entries of one service, next hops read from the running lab."""
     rec = lab.engine.record
-    sys_ = sys_ or bpf.Sys(runner_for(lab))
+    k = k or lab.kernel()
     if not svc.local:
         raise LbError(f"service {svc.name}: no local addresses")
     rs_family = svc.local[0].version
@@ -460,15 +435,13 @@ def service_config(
         rs = Rs(
             rip=rip,
             rport=svc.rs_port,
-            ifindex=sys_.ifindex(lb_ns, rs_if),
-            smac=sys_.mac(lb_ns, rs_if),
-            dmac=sys_.mac(rec.ns(name), ifname),
+            ifindex=k.ifindex(lb_ns, rs_if),
+            smac=k.mac(lb_ns, rs_if),
+            dmac=k.mac(rec.ns(name), ifname),
         )
-        if svc.vxlan:
-            vx = node.params.get("vxlan") or {}
-            if "vni" not in vx:
-                raise LbError(f"service {svc.name} is vxlan but real server {name} has no params.vxlan.vni")
-            dev = str(vx.get("dev", "vx0"))
+        vx = kinds.vxlan(node) if svc.vxlan else None
+        if vx is not None:
+            dev = vx.dev
             rs = Rs(
                 rip=rip,
                 rport=svc.rs_port,
@@ -477,9 +450,9 @@ def service_config(
                 dmac=rs.dmac,
                 vtep_src=str(topo.node(svc.lb).address(4)),
                 vtep_dst=str(node.address(4)),
-                inner_smac=sys_.mac(lb_ns, rs_if),
-                inner_dmac=sys_.mac(rec.ns(name), dev),
-                vni=int(vx["vni"]),
+                inner_smac=k.mac(lb_ns, rs_if),
+                inner_dmac=k.mac(rec.ns(name), dev),
+                vni=vx.vni,
             )
         rss.append(rs)
     syn, synack = mss_rules(
@@ -514,7 +487,7 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
     seed's XRS): it decapsulates the LB's packets; the inner packet, option
     and all, is then received as if it had come in on the wire."""
     rec = lab.engine.record
-    run = handle.sys.run
+    run = handle.kernel.run
     done: set[str] = set()
     for svc in topo.services.values():
         if not svc.vxlan:
@@ -524,8 +497,10 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
                 continue
             done.add(name)
             node = topo.node(name)
-            vx = node.params.get("vxlan") or {}
-            dev = str(vx.get("dev", "vx0"))
+            vx = kinds.vxlan(node)
+            if vx is None:
+                raise LbError(f"service {svc.name} is vxlan but real server {name} has no params.vxlan")
+            dev = vx.dev
             ns = rec.ns(name)
             ifname = _rs_ifname(topo, name)
             run(
@@ -539,7 +514,7 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
                     "type",
                     "vxlan",
                     "id",
-                    str(int(vx.get("vni", 0))),
+                    str(vx.vni),
                     "local",
                     str(node.address(4)),
                     "dstport",
@@ -569,30 +544,30 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
         raise LbError(f"{topo.name}: no services to load balance")
     lb_node = svcs[0].lb
     node = topo.node(lb_node)
-    params = node.params.get("fullnat") or {}
-    client_if, rs_if = _ports(params)
+    fn = kinds.fullnat(node)
+    client_if, rs_if = fn.client_if, fn.rs_if
     cfg = Cfg(
-        tcp_idle_s=float(params.get("tcp_idle", 300)),
-        udp_idle_s=float(params.get("udp_idle", 60)),
-        lport_min=int(params.get("lport_min", 1024)),
-        lport_max=int(params.get("lport_max", 65535)),
+        tcp_idle_s=float(fn.tcp_idle),
+        udp_idle_s=float(fn.udp_idle),
+        lport_min=fn.lport_min,
+        lport_max=fn.lport_max,
     )
-    opt_pkts = int(params.get("udp_opt_pkts", 1))
+    opt_pkts = fn.udp_opt_pkts
     rec = lab.engine.record
     lb_ns = rec.ns(lb_node)
     obj = bpf.obj_path(BPF_OBJ)  # built on the host; a VM guest reads it over its 9p root
     pass_obj = bpf.obj_path("xdp_pass")
-    lab.engine.provide([obj, pass_obj])
-    sys_ = bpf.Sys(runner_for(lab))
-    sys_.ensure_bpffs()
+    k = lab.kernel()
+    k.provide([obj, pass_obj])
+    k.ensure_bpffs()
     pin_dir = PIN_ROOT / lab.name
-    sys_.runner(["rm", "-rf", str(pin_dir)], 60)
-    sys_.run(["mkdir", "-p", str(pin_dir)], f"creating {pin_dir}")
-    handle = LbHandle(lab.name, lb_ns, [], 0, pin_dir, runner=sys_.runner)
+    k.exec(["rm", "-rf", str(pin_dir)])
+    k.run(["mkdir", "-p", str(pin_dir)], f"creating {pin_dir}")
+    handle = LbHandle(lab.name, lb_ns, [], 0, pin_dir, kernel=k)
     try:
-        sys_.run(["mkdir", str(pin_dir / "maps")], f"creating {pin_dir / 'maps'}")
+        k.run(["mkdir", str(pin_dir / "maps")], f"creating {pin_dir / 'maps'}")
         prog_pin = pin_dir / "prog"
-        sys_.run(
+        k.run(
             [
                 "bpftool",
                 "prog",
@@ -609,15 +584,15 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
         if any(s.vxlan for s in svcs):
             _vxlan_devices(lab, topo, handle)
         # both ends of both lb links compute checksums in software; the peers
-        # need an XDP program to accept redirected frames (lab.bpf.tx_checksum_off)
+        # need an XDP program to accept redirected frames (KernelHandle.tx_checksum_off)
         for ifname in (client_if, rs_if):
             pnode, pif = _peer(topo, lb_node, ifname)
-            sys_.tx_checksum_off(lb_ns, ifname)
-            sys_.tx_checksum_off(rec.ns(pnode), pif)
-            sys_.attach_xdp(rec.ns(pnode), pif, pass_obj)
+            k.tx_checksum_off(lb_ns, ifname)
+            k.tx_checksum_off(rec.ns(pnode), pif)
+            k.attach_xdp(rec.ns(pnode), pif, pass_obj)
             handle.peers.append((rec.ns(pnode), pif))
         for ifname in (client_if, rs_if):
-            sys_.run(
+            k.run(
                 [
                     "nsenter",
                     f"--net={os.path.join('/run/netns', lb_ns)}",
@@ -634,22 +609,22 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
                 f"attaching {BPF_PROG} to {lb_node}:{ifname}",
             )
             handle.ifnames.append(ifname)
-        pid = sys_.xdp_prog_id(lb_ns, client_if)
+        pid = k.xdp_prog_id(lb_ns, client_if)
         if pid is None:
             raise LbError(f"{lb_node}:{client_if}: no XDP program after attach")
         handle.prog_id = pid
         entries = [
-            service_config(lab, topo, s, sid, lb_ns, rs_if, client_if, opt_pkts, sys_)
+            service_config(lab, topo, s, sid, lb_ns, rs_if, client_if, opt_pkts, k)
             for sid, s in enumerate(svcs)
         ]
         flat = [(sv, rss, locs) for svl, rss, locs in entries for sv in svl]  # type: ignore[union-attr]
-        ports = {sys_.ifindex(lb_ns, client_if): PORT_CLIENT, sys_.ifindex(lb_ns, rs_if): PORT_RS}
-        ids = sys_.prog_map_ids(pid)
+        ports = {k.ifindex(lb_ns, client_if): PORT_CLIENT, k.ifindex(lb_ns, rs_if): PORT_RS}
+        ids = k.prog_map_ids(pid)
         for u in tables(flat, cfg, ports):
             mid = ids.get(u.map[:15])
             if mid is None:
                 raise LbError(f"program {pid} has no map {u.map}")
-            sys_.map_update(mid, u.key, u.value)
+            k.map_update(mid, u.key, u.value)
     except BaseException:
         handle.detach()
         raise

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from lab import kinds
 from lab.errors import LabError
 
 ROLES = ("client", "lb", "switch", "router", "rs", "gateway", "prober", "host")
@@ -428,3 +429,9 @@ def _problems(topo: Topology) -> Iterator[str]:
         for a in s.local:
             if owner.get(a, "").split(":")[0] != s.lb:
                 yield f"{where}.local: {a} is not an address of the lb node '{s.lb}'"
+        if s.vxlan:
+            for rs in s.real_servers:
+                if rs in topo.nodes and not topo.nodes[rs].params.get("vxlan"):
+                    yield f"{where}: vxlan service, but real server {rs} has no params.vxlan (vni)"
+
+    yield from kinds.problems(topo)

@@ -33,14 +33,10 @@ def guest(kernel: str) -> Iterator[bpf.Runner]:
         bpf.obj_path(obj)  # build on the host before the guest reads the files
     with VMSession(kernel=kernel, progress=None) as vm:
         series = kernels.parse_request(kernel).series
-        assert vm.kernel.series == series, f"expected a {series} guest, got {vm.release}"
-        vm.provide([bpf.obj_path(obj) for obj, _ in PROGRAMS] + [bpf.TEST_RUN])
-
-        def run_in_guest(argv: list[str], timeout: float) -> tuple[int, str, str]:
-            r = vm.run(argv, timeout=timeout)
-            return r.returncode, r.stdout, r.stderr
-
-        yield run_in_guest
+        assert vm.kernel_build.series == series, f"expected a {series} guest, got {vm.release}"
+        k = vm.kernel()
+        k.provide([bpf.obj_path(obj) for obj, _ in PROGRAMS] + [bpf.TEST_RUN])
+        yield k.runner
 
 
 @pytest.mark.parametrize(("obj", "prog"), PROGRAMS, ids=[p for _, p in PROGRAMS])

@@ -27,7 +27,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
-from lab import bpf, netns, topology
+from lab import netns, topology
 from lab.capture import Capture
 from lab.gwping import MAGIC, MAGIC_PASS, DataPlane, run_probes
 from lab.lab import Lab
@@ -81,7 +81,7 @@ def _up(topo_file: str, suffix: str) -> Iterator[GwLab]:
     topo = topology.load(TOPOLOGIES / topo_file)
     lab = Lab.up(topo, name=name)  # the engine attaches params.xdp
     try:
-        yield GwLab(lab, DataPlane.of(topo, lab.engine.record.namespaces))
+        yield GwLab(lab, DataPlane.of(topo, lab.engine.record.namespaces, lab.kernel()))
     finally:
         lab.down()
     assert not netns.listing(f"toalab-{name}-")
@@ -127,7 +127,7 @@ def _tsval(tcp: TCP) -> int | None:
 
 
 def _mac(g: GwLab, node: str, ifname: str) -> str:
-    return bpf.mac(g.ns(node), ifname).hex(":")
+    return g.lab.kernel().mac(g.ns(node), ifname).hex(":")
 
 
 def _frames(pcap: Path, dport: int) -> list:
@@ -268,5 +268,6 @@ def test_loss_is_reported_and_exits_nonzero(single: GwLab) -> None:
 
 def test_native_xdp_is_attached(single: GwLab) -> None:
     for node, ifname in (("gwa", "eth0"), ("gwa", "eth1"), ("prober", "eth0")):
-        assert bpf.xdp_mode(single.ns(node), ifname) == "drv"
-        assert bpf.xdp_prog_id(single.ns(node), ifname) == single.dp.prog_id(node, ifname)
+        k = single.lab.kernel()
+        assert k.xdp_mode(single.ns(node), ifname) == "drv"
+        assert k.xdp_prog_id(single.ns(node), ifname) == single.dp.prog_id(node, ifname)

@@ -54,15 +54,16 @@ links: ["a:eth0 -- b:eth0"]
         ("{eth0: {prog: gwping, forward: eth7}}", "forward: no link uses interface eth7"),
         ("{eth0: {prog: xdp_pass, forward: eth0}}", "only a gwping port forwards"),
         ("{eth0: {prog: gwping, mode: hw}}", "'hw' is not drv or generic"),
-        ("{eth0: {prog: gwping, colour: red}}", "unknown key(s) colour"),
+        ("{eth0: {prog: gwping, colour: red}}", "unknown field(s) colour"),
+        ("{eth0: {prog: ../../tmp/evil}}", "'../../tmp/evil' is not a port program (gwping, xdp_pass)"),
         ("{eth0: {mode: drv}}", "needs 'prog'"),
         ("[eth0]", "must map interface names"),
     ],
 )
 def test_bad_declarations_are_reported_with_their_place(xdp: str, problem: str) -> None:
-    topo = topology.loads(_BASE.replace("XDP", xdp), source="t.yaml")
+    """At load time (Topology.validate), before anything is built."""
     with pytest.raises(LabError) as e:
-        xdp_attachments(topo)
+        topology.loads(_BASE.replace("XDP", xdp), source="t.yaml")
     assert problem in str(e.value)
     assert "t.yaml: nodes.a.params.xdp" in str(e.value)
 

@@ -117,3 +117,76 @@ def test_plan_orders_and_renders() -> None:
     assert "link add eth0 mtu 1500 type veth peer name eth0 mtu 1500 netns toalab-demo-b" in script
     assert "addr add 192.0.2.1/24 dev eth0" in script
     assert "ip netns del toalab-demo-a" in plan.render_teardown()
+
+
+# -- node kinds: typed params sections (lab/kinds.py) -----------------------------------------
+_LB = """
+name: k
+nodes:
+  client: {role: client, interfaces: {eth0: [198.51.100.10/24]}}
+  lb:
+    role: lb
+    interfaces: {eth0: [198.51.100.1/24], eth1: [192.0.2.2/24], lo: [203.0.113.10/32]}
+    params: {fullnat: FULLNAT}
+  rs1: {role: rs, interfaces: {eth0: [192.0.2.11/24]}, params: RS}
+links: ["client:eth0 -- lb:eth0", "lb:eth1 -- rs1:eth0"]
+services:
+  web: {lb: lb, vip: 203.0.113.10, port: 80, real_servers: [rs1], local: [192.0.2.2]VX}
+"""
+
+
+def _lb(fullnat: str = "{}", rs: str = "{}", vx: str = "") -> str:
+    return _LB.replace("FULLNAT", fullnat).replace("RS", rs).replace("VX", vx)
+
+
+@pytest.mark.parametrize(
+    ("fullnat", "problem"),
+    [
+        ("{udp_opt_pkt: 3}", "nodes.lb.params.fullnat.udp_opt_pkt: unknown field (fields: xdp, client_if, "),
+        ("{udp_opt_pkt: 3}", "did you mean 'udp_opt_pkts'?"),
+        ("{clinet_if: eth0}", "did you mean 'client_if'?"),
+        ("{udp_opt_pkts: many}", "nodes.lb.params.fullnat.udp_opt_pkts: 'many' is not an integer"),
+        ("{udp_opt_pkts: 0}", "udp_opt_pkts: 0 out of range 1-255"),
+        ("{xdp: 1}", "fullnat.xdp: 1 is not true or false"),
+        ("{tcp_idle: -5}", "fullnat.tcp_idle: -5 s out of range"),
+        ("{lport_min: 5000, lport_max: 4000}", "5000-4000 is not a range within 1-65535"),
+        ("{rs_if: eth7}", "fullnat.rs_if: no link uses interface 'eth7' of lb"),
+        ("{rs_if: 'eth1; reboot'}", "'eth1; reboot' is not an interface name"),
+        ("[1, 2]", "nodes.lb.params.fullnat: must be a mapping"),
+    ],
+)
+def test_a_bad_fullnat_field_fails_validation_in_one_line(fullnat: str, problem: str) -> None:
+    with pytest.raises(TopologyError) as e:
+        topology.loads(_lb(fullnat), source="k.yaml")
+    assert any(problem in p for p in e.value.problems), e.value.problems
+    assert all(p.startswith("k.yaml: ") and "\n" not in p for p in e.value.problems)
+
+
+def test_good_fullnat_settings_are_typed() -> None:
+    from lab import kinds
+
+    t = topology.loads(_lb("{udp_opt_pkts: 3, tcp_idle: 30, xdp: false}"))
+    f = kinds.fullnat(t.node("lb"))
+    assert (f.udp_opt_pkts, f.tcp_idle, f.udp_idle, f.xdp, f.rs_if) == (3, 30, 60.0, False, "eth1")
+    assert kinds.fullnat(topology.loads(_lb()).node("lb")) == kinds.Fullnat()
+
+
+@pytest.mark.parametrize(
+    ("rs", "vx", "problem"),
+    [
+        ("{fullnat: {}}", "", "rs1.params.fullnat: role rs takes no 'fullnat' section (sections: vxlan"),
+        ("{vxlan: {vni: 1, colour: red}}", ", vxlan: true", "nodes.rs1.params.vxlan.colour: unknown field"),
+        ("{vxlan: {vni: 16777216}}", ", vxlan: true", "vxlan.vni: 16777216 out of range"),
+        ("{vxlan: {dev: vx0}}", ", vxlan: true", "vxlan.vni: missing field"),
+        ("{}", ", vxlan: true", "services.web: vxlan service, but real server rs1 has no params.vxlan"),
+    ],
+)
+def test_rs_sections(rs: str, vx: str, problem: str) -> None:
+    with pytest.raises(TopologyError) as e:
+        topology.loads(_lb(rs=rs, vx=vx), source="k.yaml")
+    assert any(problem in p for p in e.value.problems), e.value.problems
+
+
+def test_every_shipped_topology_validates_with_its_kinds() -> None:
+    for f in sorted((Path(__file__).resolve().parent.parent / "topologies").glob("*.yaml")):
+        topology.load(f)

@@ -66,9 +66,9 @@ def vm() -> Iterator[VMSession]:
 # -- the guest and the control channel ------------------------------------------------------
 def test_guest_runs_the_resolved_kernel(vm: VMSession) -> None:
     release = kernels.resolve().release
-    assert vm.release == release and vm.kernel.release == release
+    assert vm.release == release and vm.kernel_build.release == release
     recorded = json.loads((vm.results / "kernel.json").read_text())
-    assert (recorded["release"], recorded["version"]) == (release, vm.kernel.version)
+    assert (recorded["release"], recorded["version"]) == (release, vm.kernel_build.version)
     r = vm.run(["uname", "-r"])
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, release, "")
     # the host's userland, read-only, with the pinned kernel's modules on /lib/modules

@@ -14,48 +14,16 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from lab.errors import LabError
+from lab.kernel import ExecResult, Job, KernelHandle
 from lab.topology import Topology
 
 STATE_DIR = Path(os.environ.get("TOALAB_STATE_DIR", "/run/toalab"))
-
-
-@dataclass
-class ExecResult:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def check(self) -> ExecResult:
-        if self.returncode != 0:
-            err = self.stderr.strip().splitlines()
-            tail = f": {err[-1]}" if err else ""
-            raise LabError(f"'{' '.join(self.argv)}' exited {self.returncode}{tail}")
-        return self
-
-
-class Job(ABC):
-    """A program started in the background on a node."""
-
-    @abstractmethod
-    def wait(self, timeout: float | None = None) -> int: ...
-
-    @abstractmethod
-    def terminate(self) -> None: ...
-
-    @abstractmethod
-    def output(self) -> tuple[str, str]:
-        """stdout and stderr so far (all of it once the job has ended)."""
-
-    @property
-    @abstractmethod
-    def running(self) -> bool: ...
 
 
 @dataclass
@@ -166,10 +134,20 @@ class Engine(ABC):
             "nodes": {n: {"role": r.roles.get(n, "?"), "netns": ns} for n, ns in r.namespaces.items()},
         }
 
-    def provide(self, paths: Iterable[Path | str]) -> None:
-        """Make host files readable at the same paths in this engine's kernel: they
-        already are, except in a guest without the host's / (VMEngine)."""
-        return None
+    def kernel(self) -> KernelHandle:
+        """The kernel the lab's network lives in: the running one here (the VM engine's
+        is its guest's)."""
+        return KernelHandle()
+
+    def _attach_programs(self, topo: Topology) -> None:
+        """The XDP programs a topology implies, in this engine's kernel: the gateway
+        data planes its nodes declare (``params.xdp``) and the fullnat LB of its
+        services.  Programs die with their namespaces; ``down`` removes the LB's pins."""
+        if any(node.params.get("xdp") for node in topo.nodes.values()):
+            from lab.gwping import apply_data_plane
+
+            apply_data_plane(topo, self.record.namespaces, self.kernel())
+        self._attach_lb(topo)
 
     def _attach_lb(self, topo: Topology) -> None:
         """Run the fullnat LB of the topology's services in this engine's

@@ -120,16 +120,6 @@ class HostEngine(Engine):
             for s in sockets.values():
                 s.ipr.close()
 
-    def _attach_programs(self, topo: Topology) -> None:
-        """The XDP programs a topology implies: the gateway data planes its
-        nodes declare (``params.xdp``) and the fullnat LB of its services.
-        Programs die with their namespaces; ``down`` removes the LB's pins."""
-        if any(node.params.get("xdp") for node in topo.nodes.values()):
-            from lab.gwping import apply_data_plane
-
-            apply_data_plane(topo, self.record.namespaces)
-        self._attach_lb(topo)
-
     def down(self) -> None:
         for ns in self.record.namespaces.values():
             netns.remove(ns)

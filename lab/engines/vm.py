@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from lab.engines.base import Engine, ExecResult, LabRecord
 from lab.errors import LabError
+from lab.kernel import KernelHandle
 from lab.plan import Plan
 from lab.topology import Topology
 from lab.vm.client import RemoteJob, VMError
@@ -59,9 +59,9 @@ class VMEngine(Engine):
                 raise VMError(f"lab '{self.name}': {e} (remove the lab: toalab down {self.name})") from None
         return self._vm
 
-    def provide(self, paths: Iterable[Path | str]) -> None:
-        """Host files (programs, objects) at the same paths in the guest (VMSession.provide)."""
-        self.vm().provide(paths)
+    def kernel(self) -> KernelHandle:
+        """The guest's kernel (its root namespace)."""
+        return self.vm().kernel()
 
     def close(self) -> None:
         """Drop this process's connection to the guest (the guest keeps running)."""
@@ -113,7 +113,7 @@ class VMEngine(Engine):
                     f"building lab '{self.name}' in VM '{vm.name}' failed"
                     + (f": {err[-1]}" if err else f" (exit {res.returncode})")
                 )
-            self._attach_lb(topo)  # as the host engine does; down removes its pins
+            self._attach_programs(topo)  # as the host engine does; down removes the LB's pins
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.engines.base import Job
 from lab.errors import LabError
+from lab.kernel import Job
 from lab.vm import proto
 from lab.vm.proto import T
 

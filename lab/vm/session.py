@@ -33,8 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from lab.engines.base import ExecResult
 from lab.errors import LabError
+from lab.kernel import ExecResult, KernelHandle
 from lab.vm import accel as accel_mod
 from lab.vm.client import Channel, OutputCallback, RemoteJob, VMError
 from lab.vm.config import REPO, build_dir
@@ -277,9 +277,18 @@ class VMSession:
         return str(self.info.get("release", ""))
 
     @property
-    def kernel(self) -> Kernel:
+    def kernel_build(self) -> Kernel:
         """The Debian build the guest runs (series, flavour, package versions)."""
         return Kernel.from_json(self.info["kernel"])
+
+    def kernel(self) -> KernelHandle:
+        """The guest's kernel as a handle (commands in its root namespace)."""
+
+        def run_in_guest(argv: list[str], timeout: float) -> tuple[int, str, str]:
+            r = self.run(argv, timeout=timeout)
+            return r.returncode, r.stdout, r.stderr
+
+        return KernelHandle(run_in_guest, self.provide, f"VM '{self.name}'")
 
     @property
     def accel(self) -> str:
