@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lab import topology
-from lab.lab import Lab
+from lab.net import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 10

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab import kmod, topology  # noqa: E402
 from lab.errors import LabError  # noqa: E402
-from lab.lab import Lab  # noqa: E402
+from lab.net import Lab  # noqa: E402
 from lab.vm.session import VMSession  # noqa: E402
 
 TARGET = 0.95

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import lb, topology  # noqa: E402
-from lab.lab import Lab  # noqa: E402
+from lab.net import Lab  # noqa: E402
 from lab.vm import kernels  # noqa: E402
 from lab.vm.image import ImageBuilder  # noqa: E402
 from lab.vm.session import VMSession  # noqa: E402

@@ -16,11 +16,11 @@ __all__ = ["KernelHandle", "Lab", "Topology"]
 
 if TYPE_CHECKING:
     from lab.kernel import KernelHandle
-    from lab.lab import Lab
+    from lab.net import Lab
     from lab.topology import Topology
 
 # imported on first use: `toalab --help` and `toalab down` need none of them
-_LAZY = {"Lab": "lab.lab", "Topology": "lab.topology", "KernelHandle": "lab.kernel"}
+_LAZY = {"Lab": "lab.net", "Topology": "lab.topology", "KernelHandle": "lab.kernel"}
 
 
 def __getattr__(name: str) -> Any:

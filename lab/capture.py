@@ -8,7 +8,7 @@ from types import TracebackType
 
 from lab.engines import Job
 from lab.errors import LabError
-from lab.lab import Lab
+from lab.net import Lab
 
 
 class Capture:

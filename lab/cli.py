@@ -15,15 +15,15 @@ from lab.errors import LabError
 COMMAND_MODULES = ("lab.vm.cli", "lab.gwping")
 
 
-def _lab(args: argparse.Namespace):  # -> lab.lab.Lab, imported lazily for a fast --help
-    from lab.lab import Lab
+def _lab(args: argparse.Namespace):  # -> lab.net.Lab, imported lazily for a fast --help
+    from lab.net import Lab
 
     return Lab.attach(getattr(args, "lab", None))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from lab import topology
-    from lab.lab import Lab
+    from lab.net import Lab
 
     topo = topology.load(args.topology)
     lab = Lab.up(topo, name=args.name, engine=args.engine, **_engine_opts(args))
@@ -63,7 +63,7 @@ def cmd_down(args: argparse.Namespace) -> int:
                 continue
         print("removed: " + (", ".join(removed) if removed else "nothing"))
         return 0
-    from lab.lab import Lab
+    from lab.net import Lab
 
     lab = Lab.attach(args.lab)
     lab.down()

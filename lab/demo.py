@@ -24,7 +24,7 @@ from lab import topology, wire
 from lab.capture import Capture
 from lab.decode import decode
 from lab.errors import LabError
-from lab.lab import Lab
+from lab.net import Lab
 from lab.traffic import vip_exchange
 
 ROOT = Path(__file__).resolve().parent.parent

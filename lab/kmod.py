@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from lab.errors import LabError
 from lab.kernel import ExecResult
-from lab.lab import Lab
+from lab.net import Lab
 
 if TYPE_CHECKING:
     from lab.vm.session import VMSession

@@ -40,7 +40,8 @@ from lab.errors import LabError
 from lab.kernel import KernelHandle
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.kernel import LabView
+    from lab.net import Lab
     from lab.topology import Service, Topology
 
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -369,7 +370,7 @@ def attached(lab: Lab) -> LbHandle:
         raise LbError(f"lab '{lab.name}' has no services: no XDP LB")
     node = topo.node(next(iter(topo.services.values())).lb)
     fn = kinds.fullnat(node)
-    ns = lab.engine.record.ns(node.name)
+    ns = lab.ns(node.name)
     ifnames = [fn.client_if, fn.rs_if]
     k = lab.kernel()
     pid = k.xdp_prog_id(ns, ifnames[0])
@@ -418,11 +419,10 @@ def _rs_ifname(topo: Topology, rs: str) -> str:
 
 
 def service_config(
-    lab: Lab, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str, opt_pkts: int,
-    k: KernelHandle | None = None,
+    lab: LabView, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str,
+    opt_pkts: int, k: KernelHandle | None = None,
 ) -> tuple[Svc, list[Rs], list[IpAddr | str]]:  # fmt: skip
     """The map entries of one service, next hops read from the running lab."""
-    rec = lab.engine.record
     k = k or lab.kernel()
     if not svc.local:
         raise LbError(f"service {svc.name}: no local addresses")
@@ -437,7 +437,7 @@ def service_config(
             rport=svc.rs_port,
             ifindex=k.ifindex(lb_ns, rs_if),
             smac=k.mac(lb_ns, rs_if),
-            dmac=k.mac(rec.ns(name), ifname),
+            dmac=k.mac(lab.ns(name), ifname),
         )
         vx = kinds.vxlan(node) if svc.vxlan else None
         if vx is not None:
@@ -451,7 +451,7 @@ def service_config(
                 vtep_src=str(topo.node(svc.lb).address(4)),
                 vtep_dst=str(node.address(4)),
                 inner_smac=k.mac(lb_ns, rs_if),
-                inner_dmac=k.mac(rec.ns(name), dev),
+                inner_dmac=k.mac(lab.ns(name), dev),
                 vni=vx.vni,
             )
         rss.append(rs)
@@ -482,11 +482,10 @@ def service_config(
     return out, rss, list(svc.local)  # type: ignore[return-value]
 
 
-def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
+def _vxlan_devices(lab: LabView, topo: Topology, handle: LbHandle) -> None:
     """A Linux vxlan device on each real server of a vxlan service (the
     seed's XRS): it decapsulates the LB's packets; the inner packet, option
     and all, is then received as if it had come in on the wire."""
-    rec = lab.engine.record
     run = handle.kernel.run
     done: set[str] = set()
     for svc in topo.services.values():
@@ -501,7 +500,7 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
             if vx is None:
                 raise LbError(f"service {svc.name} is vxlan but real server {name} has no params.vxlan")
             dev = vx.dev
-            ns = rec.ns(name)
+            ns = lab.ns(name)
             ifname = _rs_ifname(topo, name)
             run(
                 [
@@ -533,10 +532,11 @@ def _vxlan_devices(lab: Lab, topo: Topology, handle: LbHandle) -> None:
                 )
 
 
-def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> LbHandle:
+def attach(lab: LabView, topo: Topology | None = None, *, lb: str | None = None) -> LbHandle:
     """Load bpf/lb.c on the lab's lb node and configure it from the topology's
-    services.  Returns the handle whose ``detach`` undoes it all."""
-    topo = topo or lab.topology
+    services.  LAB is a running Lab, or the engine bringing one up (with TOPO).
+    Returns the handle whose ``detach`` undoes it all."""
+    topo = topo or getattr(lab, "topology", None)
     if topo is None:
         raise LbError("attach: the lab has no topology (pass one)")
     svcs = [s for s in topo.services.values() if lb is None or s.lb == lb]
@@ -553,8 +553,7 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
         lport_max=fn.lport_max,
     )
     opt_pkts = fn.udp_opt_pkts
-    rec = lab.engine.record
-    lb_ns = rec.ns(lb_node)
+    lb_ns = lab.ns(lb_node)
     obj = bpf.obj_path(BPF_OBJ)  # built on the host; a VM guest reads it over its 9p root
     pass_obj = bpf.obj_path("xdp_pass")
     k = lab.kernel()
@@ -588,9 +587,9 @@ def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> 
         for ifname in (client_if, rs_if):
             pnode, pif = _peer(topo, lb_node, ifname)
             k.tx_checksum_off(lb_ns, ifname)
-            k.tx_checksum_off(rec.ns(pnode), pif)
-            k.attach_xdp(rec.ns(pnode), pif, pass_obj)
-            handle.peers.append((rec.ns(pnode), pif))
+            k.tx_checksum_off(lab.ns(pnode), pif)
+            k.attach_xdp(lab.ns(pnode), pif, pass_obj)
+            handle.peers.append((lab.ns(pnode), pif))
         for ifname in (client_if, rs_if):
             k.run(
                 [

@@ -10,9 +10,11 @@ Mininet engines can consume the same operations.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from dataclasses import dataclass, field
 
+from lab.errors import LabError
 from lab.topology import IfAddr, IpAddr, Topology
 
 NS_PREFIX = "toalab-"
@@ -139,7 +141,9 @@ class Plan:
         and phase, because a process start is the expensive part in a TCG guest.
         """
         out = ["set -e", "ip -batch - <<'EOF'"]
-        out.extend(f"netns add {op.ns}" for op in self.ops if isinstance(op, Netns))
+        netns = [op.ns for op in self.ops if isinstance(op, Netns)]
+        _safe(*netns)
+        out.extend(f"netns add {ns}" for ns in netns)
         out.append("EOF")
         phases: list[list[Op]] = [
             [op for op in self.ops if isinstance(op, Sysctl) and _is_base(op)],
@@ -187,10 +191,25 @@ def _is_base(op: Sysctl) -> bool:
 
 
 def _sysctl_path(key: str) -> str:
+    if ".." in key or not _TOKEN.match(key):
+        raise LabError(f"refusing sysctl key {key!r} (validate the topology)")
     return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
 
 
+# What may stand in a line of an ip -batch script or a shell word we build:
+# names and addresses, never a quote, a space or a newline.
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:/%-]+$")
+
+
+def _safe(*tokens: object) -> None:
+    for t in tokens:
+        if t is not None and not _TOKEN.match(str(t)):
+            raise LabError(f"refusing to render {str(t)!r} into a shell script (validate the topology)")
+
+
 def _ip_line(op: Op) -> str:
+    _safe(*(getattr(op, f) for f in ("ns", "ifname", "peer_ifname", "peer_ns", "bridge", "dev", "mtu")
+            if hasattr(op, f)))  # fmt: skip
     match op:
         case Veth():
             return (

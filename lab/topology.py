@@ -29,6 +29,8 @@ IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Linux caps interface names at 15 bytes; node names end up in namespace names.
 _IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
 _NODENAME = re.compile(r"^[a-z][a-z0-9_-]{0,19}$")
+# net.ipv4.ip_forward, net/ipv4/conf/eth0.100/rp_filter: no empty or '..' component
+_SYSCTL = re.compile(r"^net(?:[./][A-Za-z0-9_-]+)+$")
 
 
 class TopologyError(LabError):
@@ -282,8 +284,8 @@ def _load_node(topo: Topology, name: str, spec: Any, bad: Any) -> None:
         bad(f"{where}.sysctls", "must map sysctl names (net.ipv4.ip_forward) to values")
     else:
         for k, v in sysctls.items():
-            if not re.match(r"^net\.[A-Za-z0-9_.\-/]+$", str(k)):
-                bad(f"{where}.sysctls.{k}", "only per-namespace net.* sysctls can be set")
+            if not _SYSCTL.match(str(k)):
+                bad(f"{where}.sysctls.{k}", "only per-namespace net.* sysctls (net.a.b or net/a/b)")
             node.sysctls[str(k)] = str(int(v) if isinstance(v, bool) else v)
     node.params.update(spec.get("params", {}) or {})
     topo.nodes[name] = node
@@ -382,6 +384,11 @@ def _problems(topo: Topology) -> Iterator[str]:
             seen_ep[ep] = f"links[{i}]"
             if ep.ifname == "lo":
                 yield f"links[{i}]: {ep}: 'lo' cannot be a link end"
+            elif not _IFNAME.match(ep.ifname):
+                yield (
+                    f"links[{i}]: interface name {ep.ifname!r} of {ep.node}: 1-15 chars of "
+                    "A-Z a-z 0-9 _ . -, starting with a letter"
+                )
         if link.a.node == link.b.node:
             yield f"links[{i}]: a link joins two different nodes, not {link.a.node} to itself"
         if not 68 <= link.mtu <= 65535:

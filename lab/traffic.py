@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from lab import ipopt, netns, wire
 from lab.errors import LabError
-from lab.lab import Lab
+from lab.net import Lab
 
 
 def _family(addr: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab import netns, topology
-from lab.lab import Lab
+from lab.net import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"

@@ -14,7 +14,7 @@ from scapy.utils import wrpcap
 from lab import topology, wire
 from lab.capture import Capture
 from lab.decode import decode
-from lab.lab import Lab
+from lab.net import Lab
 from lab.traffic import optioned_exchange
 
 OPT4 = wire.AddrOption("10.0.0.1", 1, "10.0.0.2", 2)

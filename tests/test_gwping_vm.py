@@ -20,7 +20,7 @@ import pytest
 
 from lab import topology
 from lab.gwping import COUNTERS, MAGIC, PORTS_MAP, DataPlane, GwPort, probe_packet
-from lab.lab import Lab
+from lab.net import Lab
 from lab.vm.session import VMSession
 
 pytestmark = [pytest.mark.vm, pytest.mark.bpf]

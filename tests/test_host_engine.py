@@ -16,7 +16,7 @@ from conftest import TOPOLOGIES, needs_root
 from lab import netns, topology
 from lab.engines import LabRecord
 from lab.errors import LabError
-from lab.lab import Lab
+from lab.net import Lab
 
 pytestmark = pytest.mark.host
 TOALAB = [sys.executable, "-m", "lab"]

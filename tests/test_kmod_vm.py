@@ -21,7 +21,7 @@ import pytest
 from conftest import unsupported
 
 from lab import kmod, topology
-from lab.lab import Lab
+from lab.net import Lab
 from lab.vm.session import VMSession
 
 pytestmark = pytest.mark.vm

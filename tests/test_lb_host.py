@@ -31,7 +31,7 @@ from scapy.utils import rdpcap
 
 from lab import lb, netns, scapy_toa, topology, wire
 from lab.capture import Capture
-from lab.lab import Lab
+from lab.net import Lab
 
 pytestmark = [pytest.mark.host, pytest.mark.bpf]
 

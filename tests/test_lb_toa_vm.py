@@ -27,7 +27,7 @@ import pytest
 from conftest import unsupported
 
 from lab import bpf, kmod, lb, topology
-from lab.lab import Lab
+from lab.net import Lab
 from lab.vm.client import RemoteJob
 from lab.vm.session import VMSession
 

@@ -190,3 +190,47 @@ def test_rs_sections(rs: str, vx: str, problem: str) -> None:
 def test_every_shipped_topology_validates_with_its_kinds() -> None:
     for f in sorted((Path(__file__).resolve().parent.parent / "topologies").glob("*.yaml")):
         topology.load(f)
+
+
+# -- names that reach a shell --------------------------------------------------------------
+_TWO = """
+name: inj
+nodes:
+  a: {role: switch, sysctls: SYS}
+  b: {role: host, interfaces: {eth0: [10.9.0.2/24]}}
+links: [{a: "a:IFA", b: "b:eth0"}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("ifa", "sysctls", "problem"),
+    [
+        ("eth0\\nEOF\\ntouch /tmp/owned\\n", "{}", "interface name 'eth0\\nEOF\\ntouch /tmp/owned' of a"),
+        ("eth0;reboot", "{}", "interface name 'eth0;reboot' of a: 1-15 chars"),
+        ("eth0", '{"net/ipv4/../../../../tmp/x": 1}', "only per-namespace net.* sysctls"),
+        ("eth0", '{"net.ipv4.ip_forward; reboot": 1}', "only per-namespace net.* sysctls"),
+    ],
+)
+def test_a_name_that_would_reach_a_shell_fails_validation(ifa: str, sysctls: str, problem: str) -> None:
+    with pytest.raises(TopologyError) as e:
+        topology.loads(_TWO.replace("IFA", ifa).replace("SYS", sysctls), source="inj.yaml")
+    assert any(problem in p for p in e.value.problems), e.value.problems
+    assert not any("\n" in p for p in e.value.problems)
+
+
+def test_the_vm_script_refuses_what_validation_would_have_caught() -> None:
+    """Defence in depth: a plan built from an unvalidated topology never renders."""
+    t = Topology("inj")
+    t.add_node("a", interfaces={"eth0": ["10.9.0.1/24"]})
+    t.add_node("b", interfaces={"eth0": ["10.9.0.2/24"]})
+    t.add_link("a:eth0\nEOF\ntouch /tmp/owned\n", "b:eth0")
+    with pytest.raises(TopologyError):
+        t.validate()
+    with pytest.raises(LabError, match="refusing to render"):
+        Plan.build(t, "inj").render_shell()
+    t2 = Topology("inj2")
+    t2.add_node("a", interfaces={"eth0": ["10.9.0.1/24"]}, sysctls={"net/../../tmp/x": "1"})
+    t2.add_node("b", interfaces={"eth0": ["10.9.0.2/24"]})
+    t2.add_link("a:eth0", "b:eth0")
+    with pytest.raises(LabError, match="refusing sysctl key"):
+        Plan.build(t2, "inj2").render_shell()

@@ -23,7 +23,7 @@ import pytest
 from lab import topology
 from lab.engines.base import LabRecord
 from lab.errors import LabError
-from lab.lab import Lab
+from lab.net import Lab
 from lab.vm import accel, kernels
 from lab.vm.client import VMError
 from lab.vm.config import build_dir

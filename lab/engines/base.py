@@ -134,6 +134,10 @@ class Engine(ABC):
             "nodes": {n: {"role": r.roles.get(n, "?"), "netns": ns} for n, ns in r.namespaces.items()},
         }
 
+    def ns(self, node: str) -> str:
+        """The namespace of a node, in this engine's kernel."""
+        return self.record.ns(node)
+
     def kernel(self) -> KernelHandle:
         """The kernel the lab's network lives in: the running one here (the VM engine's
         is its guest's)."""
@@ -155,9 +159,7 @@ class Engine(ABC):
         from lab import lb
 
         if lb.enabled(topo):
-            from lab.lab import Lab
-
-            lb.attach(Lab(self, topo))
+            lb.attach(self, topo)
 
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:

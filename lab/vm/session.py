@@ -44,7 +44,7 @@ from lab.vm.qemu import QemuConfig
 from lab.vm.supervisor import SupervisorSpec
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.net import Lab
     from lab.topology import Topology
 
 BOOT_TIMEOUT = {"tcg": 60.0, "kvm": 20.0}
@@ -440,7 +440,7 @@ class VMSession:
 
     def lab(self, topo: Topology, name: str | None = None) -> Lab:
         """Build `topo` in this guest as a lab that borrows it (its down keeps the guest)."""
-        from lab.lab import Lab
+        from lab.net import Lab
 
         return Lab.up(topo, name=name, engine="vm", vm=self.name)
 

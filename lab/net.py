@@ -1,4 +1,5 @@
-"""The Python API: bring a topology up on an engine, use it, take it down.
+"""A running lab (as Mininet's net.py holds its network): a topology brought up on
+an engine, used, taken down.  The Python API; also ``from lab import Lab``.
 
     with Lab.up(topology.load("topologies/fullnat-4to4.yaml")) as lab:
         lab.exec("client", ["ping", "-c1", "192.0.2.11"]).check()
@@ -85,6 +86,10 @@ class Lab:
         self, node: str, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None
     ) -> ExecResult:
         return self.engine.exec(node, argv, timeout=timeout, input=input)
+
+    def ns(self, node: str) -> str:
+        """The network namespace of a node (in the lab's kernel)."""
+        return self.engine.record.ns(node)
 
     def kernel(self) -> KernelHandle:
         """The kernel the lab lives in (lab/kernel.py), on any engine."""
