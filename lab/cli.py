@@ -12,7 +12,7 @@ from lab import __version__
 from lab.errors import LabError
 
 # Command modules owned by other parts of the lab; each has register(subparsers).
-COMMAND_MODULES = ("lab.vm.cli", "lab.gwping")
+COMMAND_MODULES = ("lab.vm.cli", "lab.gwprobe")
 
 
 def _lab(args: argparse.Namespace):  # -> lab.net.Lab, imported lazily for a fast --help

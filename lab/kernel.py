@@ -20,7 +20,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from lab.errors import LabError
 
@@ -62,18 +61,6 @@ class Job(ABC):
     @property
     @abstractmethod
     def running(self) -> bool: ...
-
-
-class LabView(Protocol):
-    """A running lab as the programs that attach to it see it: a name, its nodes'
-    namespaces and its kernel.  A Lab is one, and so is the engine bringing it up."""
-
-    @property
-    def name(self) -> str: ...
-
-    def ns(self, node: str) -> str: ...
-
-    def kernel(self) -> KernelHandle: ...
 
 
 # Runs argv in a kernel's root namespace and returns (exit code, stdout, stderr).

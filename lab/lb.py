@@ -1,23 +1,25 @@
 """Control plane of the fullnat XDP load balancer (bpf/lb.c).
 
-The lb node of a fullnat topology stands in for the production DPDK LB:
-``attach(lab)`` loads bpf/build/lb.o once with bpftool (program and maps
-pinned under /sys/fs/bpf/toalab/<lab>/), attaches it natively to the lb's
-client-side and RS-side ports, and fills its maps from the topology's
+The lb node of a fullnat topology stands in for the production DPDK LB.
+``ops(topo, namespaces, lab)`` says, as programs-phase data
+(lab/programs.py), how to run it: load bpf/build/lb.o once (program and
+maps pinned under /sys/fs/bpf/toalab/<lab>/), attach it natively to the
+lb's client-side and RS-side ports, and fill its maps from the topology's
 ``services:`` section -- services (VIP:vport/proto -> real servers
-ip:port), local address pools, next-hop MACs read from the running lab.
-``LbHandle.detach()`` removes the programs and the pins.
+ip:port), local address pools, next-hop MACs from the plan (mac_of).  The
+plan carries these ops and every engine runs them at ``up``;
+``attach(lab)`` runs them on a lab that is already up and
+``LbHandle.detach()`` undoes them.
 
 Map layouts are those of bpf/include/lb.h (see the struct comments there);
 the ``pack`` methods here are their only Python spelling.  The insertion
 rule, the MSS rule and the flow-state lifetime are documented at the top of
 bpf/lb.c.
 
-Every command (ip, nsenter, bpftool, ethtool, mount) goes through the lab's
-kernel handle (``lab.kernel()``, lab/kernel.py): the host's on the host
-engine, the guest's on the VM engine, so the program, its pins (that
-kernel's own bpffs) and the maps live in the kernel the lab's namespaces
-are in.
+The ops run through the lab's kernel handle (lab/kernel.py): the host's on
+the host engine, the guest's on the VM engine, so the program, its pins
+(that kernel's own bpffs) and the maps live in the kernel the lab's
+namespaces are in.
 
 Per-node settings: ``params.fullnat`` of the lb node and ``params.vxlan`` of
 the real servers of a VXLAN service, typed and checked at load time in
@@ -26,21 +28,30 @@ lab/kinds.py (``Fullnat``, ``Vxlan``).
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import ipaddress
-import os
-import shutil
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lab import bpf, kinds
+from lab import bpf, kinds, programs
 from lab.errors import LabError
 from lab.kernel import KernelHandle
+from lab.plan import mac_of
+from lab.programs import (
+    Blob,
+    IfIndex,
+    MapUpdate,
+    ProgLoad,
+    ProgOp,
+    TxCsumOff,
+    VxlanDev,
+    XdpAttach,
+    XdpAttachPinned,
+    pin_dir,
+)
 
 if TYPE_CHECKING:
-    from lab.kernel import LabView
     from lab.net import Lab
     from lab.topology import Service, Topology
 
@@ -50,7 +61,6 @@ BPF_OBJ = "lb"
 BPF_PROG = "xdp_lb"
 BASELINE_OBJ = "lb_mactx"
 BASELINE_PROG = "xdp_mactx"
-PIN_ROOT = Path("/sys/fs/bpf/toalab")
 
 MAX_RS = 16
 MAX_LOCAL = 8
@@ -122,6 +132,14 @@ def u32(i: int) -> bytes:
     return struct.pack("<I", i)
 
 
+def _u32(i: int | IfIndex) -> bytes | IfIndex:
+    return i if isinstance(i, IfIndex) else u32(i)
+
+
+def _no_placeholder(ns: str, ifname: str) -> int:
+    raise LbError(f"the ifindex of {ns}:{ifname} is known only in a running lab (programs.apply)")
+
+
 @dataclass(frozen=True)
 class Cfg:
     tcp_idle_s: float = 300.0
@@ -177,7 +195,7 @@ class Svc:
 class Rs:
     rip: IpAddr | str
     rport: int
-    ifindex: int
+    ifindex: int | IfIndex
     smac: bytes | str
     dmac: bytes | str
     vtep_src: str = "0.0.0.0"
@@ -186,21 +204,23 @@ class Rs:
     inner_dmac: bytes | str = b"\0" * 6
     vni: int = 0
 
-    def pack(self) -> bytes:
+    def blob(self) -> Blob:
+        """struct lb_rs; the ifindex may be a placeholder filled in when the ops run."""
         a = ipaddress.ip_address(self.rip)
-        return (
-            addr16(a)
-            + struct.pack("!H", self.rport)
-            + bytes([a.version, 0])
-            + struct.pack("<I", self.ifindex)
-            + _mac(self.smac)
+        return Blob.of(
+            addr16(a) + struct.pack("!H", self.rport) + bytes([a.version, 0]),
+            _u32(self.ifindex),
+            _mac(self.smac)
             + _mac(self.dmac)
             + ipaddress.IPv4Address(self.vtep_src).packed
             + ipaddress.IPv4Address(self.vtep_dst).packed
             + _mac(self.inner_smac)
             + _mac(self.inner_dmac)
-            + struct.pack("<I", self.vni)
+            + struct.pack("<I", self.vni),
         )
+
+    def pack(self) -> bytes:
+        return self.blob().resolve(_no_placeholder)
 
 
 def mss_rules(
@@ -216,14 +236,15 @@ def mss_rules(
     return syn, synack
 
 
-def tables(
+def entries(
     svcs: list[tuple[Svc, list[Rs], list[IpAddr | str]]],
     cfg: Cfg,
-    ports: dict[int, int] | None = None,
-) -> list[bpf.MapUpdate]:
-    """Every map update that configures the program: each service with its
-    real servers and local addresses, the VIPs, the config, the port roles."""
-    out = [bpf.MapUpdate(M_CFG, u32(0), cfg.pack())]
+    ports: dict[int | IfIndex, int] | None = None,
+) -> list[tuple[str, Blob, Blob]]:
+    """Every map entry that configures the program, as (map, key, value): each
+    service with its real servers and local addresses, the VIPs, the config,
+    the port roles.  Interface indexes may be placeholders (a plan's)."""
+    out = [(M_CFG, Blob.of(u32(0)), Blob.of(cfg.pack()))]
     vips: set[bytes] = set()
     for svc, rss, locals_ in svcs:
         if not 0 < len(rss) <= MAX_RS or not 0 < len(locals_) <= MAX_LOCAL:
@@ -233,17 +254,27 @@ def tables(
         for r in rss:
             if ipaddress.ip_address(r.rip).version != svc.rs_family:
                 raise LbError(f"real server {r.rip} is not IPv{svc.rs_family} like the local addresses")
-        out.append(bpf.MapUpdate(M_SERVICES, svc.key(), svc.pack()))
+        out.append((M_SERVICES, Blob.of(svc.key()), Blob.of(svc.pack())))
         vips.add(svc_key(svc.vip, 0, 0))
         for i, r in enumerate(rss):
-            out.append(bpf.MapUpdate(M_RS, u32(svc.id * MAX_RS + i), r.pack()))
+            out.append((M_RS, Blob.of(u32(svc.id * MAX_RS + i)), r.blob()))
         for i, la in enumerate(locals_):
-            out.append(bpf.MapUpdate(M_LOCAL, u32(svc.id * MAX_LOCAL + i), addr16(la)))
-    for k in sorted(vips):
-        out.append(bpf.MapUpdate(M_VIPS, k, u32(1)))
-    for ifx, role in (ports or {}).items():
-        out.append(bpf.MapUpdate(M_PORTS, u32(ifx), u32(role)))
+            out.append((M_LOCAL, Blob.of(u32(svc.id * MAX_LOCAL + i)), Blob.of(addr16(la))))
+    out.extend((M_VIPS, Blob.of(k), Blob.of(u32(1))) for k in sorted(vips))
+    out.extend((M_PORTS, Blob.of(_u32(ifx)), Blob.of(u32(role))) for ifx, role in (ports or {}).items())
     return out
+
+
+def tables(
+    svcs: list[tuple[Svc, list[Rs], list[IpAddr | str]]],
+    cfg: Cfg,
+    ports: dict[int, int] | None = None,
+) -> list[bpf.MapUpdate]:
+    """entries() with every ifindex known (BPF_PROG_TEST_RUN fixtures, benches)."""
+    return [
+        bpf.MapUpdate(m, k.resolve(_no_placeholder), v.resolve(_no_placeholder))
+        for m, k, v in entries(svcs, cfg, dict(ports or {}))
+    ]
 
 
 # -- flow state as the maps hold it ------------------------------------------------------
@@ -321,39 +352,7 @@ def counters(entries: list[bpf.MapEntry]) -> dict[str, int]:
     return {name: raw.get(i, 0) for i, name in enumerate(COUNTERS)}
 
 
-# -- attaching to a lab ------------------------------------------------------------------
-
-
-@dataclass
-class LbHandle:
-    lab_name: str
-    lb_ns: str
-    ifnames: list[str]
-    prog_id: int
-    pin_dir: Path
-    peers: list[tuple[str, str]] = field(default_factory=list)  # (ns, ifname) with xdp_pass
-    vxlan_devs: list[tuple[str, str]] = field(default_factory=list)
-    kernel: KernelHandle = field(default_factory=KernelHandle)  # the kernel it lives in
-
-    def map_id(self, name: str) -> int:
-        return self.kernel.map_id(self.prog_id, name)
-
-    def counters(self) -> dict[str, int]:
-        return counters(self.kernel.map_dump(self.map_id(M_COUNTERS)))
-
-    def flows(self) -> list[Flow]:
-        return flows(self.kernel.map_dump(self.map_id(M_FWD)))
-
-    def detach(self) -> None:
-        k = self.kernel
-        for ifname in self.ifnames:
-            k.detach_xdp(self.lb_ns, ifname)
-        for ns, ifname in self.peers:
-            k.detach_xdp(ns, ifname)
-        for ns, dev in self.vxlan_devs:
-            k.exec(["ip", "-n", ns, "link", "del", dev])
-        k.exec(["rm", "-rf", str(self.pin_dir)])
-        k.exec(["rmdir", str(PIN_ROOT)])  # when empty
+# -- the LB in a lab: the programs phase --------------------------------------------------
 
 
 def enabled(topo: Topology) -> bool:
@@ -363,44 +362,41 @@ def enabled(topo: Topology) -> bool:
     return bool(lbs) and all(kinds.fullnat(topo.node(n)).xdp for n in lbs)
 
 
-def attached(lab: Lab) -> LbHandle:
-    """The handle of the LB the engine attached when the lab came up."""
-    topo = lab.topology
-    if topo is None or not topo.services:
-        raise LbError(f"lab '{lab.name}' has no services: no XDP LB")
-    node = topo.node(next(iter(topo.services.values())).lb)
-    fn = kinds.fullnat(node)
-    ns = lab.ns(node.name)
-    ifnames = [fn.client_if, fn.rs_if]
-    k = lab.kernel()
-    pid = k.xdp_prog_id(ns, ifnames[0])
-    if pid is None:
-        raise LbError(f"lab '{lab.name}': no XDP LB on {node.name}:{ifnames[0]}")
-    return LbHandle(lab.name, ns, ifnames, pid, PIN_ROOT / lab.name, kernel=k)
+def program_ops(topo: Topology, namespaces: dict[str, str], lab: str) -> list[ProgOp]:
+    """The LB's part of the programs phase, when the topology wants it (enabled)."""
+    return ops(topo, namespaces, lab) if enabled(topo) else []
 
 
-def remove_pins(lab_name: str | None = None) -> list[str]:
-    """Remove a lab's pinned maps (all labs' with None); what was removed."""
-    dirs = [PIN_ROOT / lab_name] if lab_name else sorted(PIN_ROOT.glob("*")) if PIN_ROOT.is_dir() else []
-    removed = []
-    for d in dirs:
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(str(d))
-    _rmdir_empty(PIN_ROOT)
-    return removed
-
-
-def _rmdir_empty(p: Path) -> None:
-    with contextlib.suppress(OSError):
-        p.rmdir()
-
-
-def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
-    for a, b in topo.links_of(node):
-        if a.ifname == ifname:
-            return b.node, b.ifname
-    raise LbError(f"{node}:{ifname} has no link in {topo.name}")
+def ops(topo: Topology, namespaces: dict[str, str], lab: str, *, lb: str | None = None) -> list[ProgOp]:
+    """Load bpf/lb.c once (pinned), attach it to the lb node's client-side and
+    RS-side ports, and fill its maps from the topology's services: pure data,
+    next-hop MACs from the plan (mac_of), interface indexes as placeholders.
+    Both ends of both lb links compute checksums in software and the peers run
+    xdp_pass, which a veth needs to accept redirected frames; VXLAN services get
+    a vxlan device on each real server, which decapsulates the LB's packets."""
+    svcs = [s for s in topo.services.values() if lb is None or s.lb == lb]
+    if not svcs:
+        raise LbError(f"{topo.name}: no services to load balance")
+    lb_node = svcs[0].lb
+    fn = kinds.fullnat(topo.node(lb_node))
+    cfg = Cfg(float(fn.tcp_idle), float(fn.udp_idle), fn.lport_min, fn.lport_max)
+    lb_ns = namespaces[lb_node]
+    pin = str(pin_dir(lab))
+    out: list[ProgOp] = [ProgLoad(pin, BPF_OBJ)]
+    out += _vxlan_devices(topo, namespaces, svcs)
+    for ifname in (fn.client_if, fn.rs_if):
+        pnode, pif = _peer(topo, lb_node, ifname)
+        peer_ns = namespaces[pnode]
+        out += [TxCsumOff(lb_ns, ifname), TxCsumOff(peer_ns, pif), XdpAttach(peer_ns, pif, "xdp_pass")]
+    out += [XdpAttachPinned(lb_ns, ifname, pin) for ifname in (fn.client_if, fn.rs_if)]
+    configs = [service_config(topo, s, sid, lb_ns, fn, namespaces) for sid, s in enumerate(svcs)]
+    flat = [(sv, rss, locs) for svl, rss, locs in configs for sv in svl]
+    ports: dict[int | IfIndex, int] = {
+        IfIndex(lb_ns, fn.client_if): PORT_CLIENT,
+        IfIndex(lb_ns, fn.rs_if): PORT_RS,
+    }
+    out += [MapUpdate(pin, m, k, v) for m, k, v in entries(flat, cfg, ports)]
+    return out
 
 
 def _link_mtu(topo: Topology, node: str, ifname: str) -> int:
@@ -418,80 +414,77 @@ def _rs_ifname(topo: Topology, rs: str) -> str:
     raise LbError(f"real server {rs} has no interface")
 
 
+def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
+    for a, b in topo.links_of(node):
+        if a.ifname == ifname:
+            return b.node, b.ifname
+    raise LbError(f"{node}:{ifname} has no link in {topo.name}")
+
+
 def service_config(
-    lab: LabView, topo: Topology, svc: Service, sid: int, lb_ns: str, rs_if: str, client_if: str,
-    opt_pkts: int, k: KernelHandle | None = None,
-) -> tuple[Svc, list[Rs], list[IpAddr | str]]:  # fmt: skip
-    """The map entries of one service, next hops read from the running lab."""
-    k = k or lab.kernel()
+    topo: Topology, svc: Service, sid: int, lb_ns: str, fn: kinds.Fullnat, namespaces: dict[str, str]
+) -> tuple[list[Svc], list[Rs], list[IpAddr | str]]:
+    """The map entries of one service: next hops from the plan's MACs, the egress
+    port's ifindex a placeholder."""
     if not svc.local:
         raise LbError(f"service {svc.name}: no local addresses")
     rs_family = svc.local[0].version
+    lb_mac = mac_of(svc.lb, fn.rs_if)
     rss = []
     for name in svc.real_servers:
         node = topo.node(name)
-        rip = node.address(rs_family)
-        ifname = _rs_ifname(topo, name)
         rs = Rs(
-            rip=rip,
+            rip=node.address(rs_family),
             rport=svc.rs_port,
-            ifindex=k.ifindex(lb_ns, rs_if),
-            smac=k.mac(lb_ns, rs_if),
-            dmac=k.mac(lab.ns(name), ifname),
+            ifindex=IfIndex(lb_ns, fn.rs_if),
+            smac=lb_mac,
+            dmac=mac_of(name, _rs_ifname(topo, name)),
         )
         vx = kinds.vxlan(node) if svc.vxlan else None
         if vx is not None:
-            dev = vx.dev
-            rs = Rs(
-                rip=rip,
-                rport=svc.rs_port,
-                ifindex=rs.ifindex,
-                smac=rs.smac,
-                dmac=rs.dmac,
+            rs = dataclasses.replace(
+                rs,
                 vtep_src=str(topo.node(svc.lb).address(4)),
                 vtep_dst=str(node.address(4)),
-                inner_smac=k.mac(lb_ns, rs_if),
-                inner_dmac=k.mac(lab.ns(name), dev),
+                inner_smac=lb_mac,
+                inner_dmac=mac_of(name, vx.dev),
                 vni=vx.vni,
             )
         rss.append(rs)
     syn, synack = mss_rules(
         svc.vip.version,
         rs_family,
-        _link_mtu(topo, svc.lb, client_if),
-        _link_mtu(topo, svc.lb, rs_if),
+        _link_mtu(topo, svc.lb, fn.client_if),
+        _link_mtu(topo, svc.lb, fn.rs_if),
         svc.vxlan,
     )
-    out = []
-    for proto in svc.protocols:
-        out.append(
-            Svc(
-                vip=svc.vip,
-                vport=svc.port,
-                proto=PROTO[proto],
-                id=sid,
-                n_rs=len(rss),
-                n_local=len(svc.local),
-                rs_family=rs_family,
-                flags=SVC_VXLAN if svc.vxlan else 0,
-                opt_pkts=opt_pkts,
-                mss_syn=syn,
-                mss_synack=synack,
-            )
+    out = [
+        Svc(
+            vip=svc.vip,
+            vport=svc.port,
+            proto=PROTO[proto],
+            id=sid,
+            n_rs=len(rss),
+            n_local=len(svc.local),
+            rs_family=rs_family,
+            flags=SVC_VXLAN if svc.vxlan else 0,
+            opt_pkts=fn.udp_opt_pkts,
+            mss_syn=syn,
+            mss_synack=synack,
         )
-    return out, rss, list(svc.local)  # type: ignore[return-value]
+        for proto in svc.protocols
+    ]
+    return out, rss, list(svc.local)
 
 
-def _vxlan_devices(lab: LabView, topo: Topology, handle: LbHandle) -> None:
-    """A Linux vxlan device on each real server of a vxlan service (the
-    seed's XRS): it decapsulates the LB's packets; the inner packet, option
-    and all, is then received as if it had come in on the wire."""
-    run = handle.kernel.run
+def _vxlan_devices(topo: Topology, namespaces: dict[str, str], svcs: list[Service]) -> list[ProgOp]:
+    """A Linux vxlan device on each real server of a vxlan service (the seed's
+    XRS): it decapsulates the LB's packets; the inner packet, option and all, is
+    then received as if it had come in on the wire."""
+    out: list[ProgOp] = []
     done: set[str] = set()
-    for svc in topo.services.values():
-        if not svc.vxlan:
-            continue
-        for name in svc.real_servers:
+    for svc in svcs:
+        for name in svc.real_servers if svc.vxlan else ():
             if name in done:
                 continue
             done.add(name)
@@ -499,132 +492,65 @@ def _vxlan_devices(lab: LabView, topo: Topology, handle: LbHandle) -> None:
             vx = kinds.vxlan(node)
             if vx is None:
                 raise LbError(f"service {svc.name} is vxlan but real server {name} has no params.vxlan")
-            dev = vx.dev
-            ns = lab.ns(name)
-            ifname = _rs_ifname(topo, name)
-            run(
-                [
-                    "ip",
-                    "-n",
-                    ns,
-                    "link",
-                    "add",
-                    dev,
-                    "type",
-                    "vxlan",
-                    "id",
-                    str(vx.vni),
-                    "local",
-                    str(node.address(4)),
-                    "dstport",
-                    str(VXLAN_PORT),
-                    "dev",
-                    ifname,
-                ],
-                f"creating {dev} on {name}",
-            )
-            handle.vxlan_devs.append((ns, dev))
-            run(["ip", "-n", ns, "link", "set", dev, "up"], f"bringing {dev} up on {name}")
-            for conf in ("all", dev, ifname):
-                run(
-                    ["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0"],
-                    f"rp_filter on {name}",
-                )
+            out.append(VxlanDev(namespaces[name], vx.dev, vx.vni, str(node.address(4)), VXLAN_PORT,
+                                _rs_ifname(topo, name), mac_of(name, vx.dev)))  # fmt: skip
+    return out
 
 
-def attach(lab: LabView, topo: Topology | None = None, *, lb: str | None = None) -> LbHandle:
-    """Load bpf/lb.c on the lab's lb node and configure it from the topology's
-    services.  LAB is a running Lab, or the engine bringing one up (with TOPO).
-    Returns the handle whose ``detach`` undoes it all."""
-    topo = topo or getattr(lab, "topology", None)
+@dataclass
+class LbHandle:
+    """The LB of a running lab: its maps, and detach (what ``ops`` did, undone)."""
+
+    lab_name: str
+    lb_ns: str
+    prog_id: int
+    ops: list[ProgOp]
+    kernel: KernelHandle = field(default_factory=KernelHandle)  # the kernel it lives in
+
+    def map_id(self, name: str) -> int:
+        return self.kernel.map_id(self.prog_id, name)
+
+    def counters(self) -> dict[str, int]:
+        return counters(self.kernel.map_dump(self.map_id(M_COUNTERS)))
+
+    def flows(self) -> list[Flow]:
+        return flows(self.kernel.map_dump(self.map_id(M_FWD)))
+
+    def detach(self) -> None:
+        programs.undo(self.kernel, self.ops, self.lab_name)
+
+
+def attached(lab: Lab) -> LbHandle:
+    """The handle of the LB the engine attached when the lab came up."""
+    topo = lab.topology
+    if topo is None or not topo.services:
+        raise LbError(f"lab '{lab.name}' has no services: no XDP LB")
+    node = topo.node(next(iter(topo.services.values())).lb)
+    fn = kinds.fullnat(node)
+    k = lab.kernel()
+    pid = k.xdp_prog_id(lab.ns(node.name), fn.client_if)
+    if pid is None:
+        raise LbError(f"lab '{lab.name}': no XDP LB on {node.name}:{fn.client_if}")
+    nsmap = {n: lab.ns(n) for n in topo.nodes}
+    return LbHandle(lab.name, lab.ns(node.name), pid, ops(topo, nsmap, lab.name), kernel=k)
+
+
+def attach(lab: Lab, topo: Topology | None = None, *, lb: str | None = None) -> LbHandle:
+    """Run the LB's ops on a running lab (whether or not its topology enables the
+    LB at up); returns the handle whose ``detach`` undoes them."""
+    topo = topo or lab.topology
     if topo is None:
         raise LbError("attach: the lab has no topology (pass one)")
-    svcs = [s for s in topo.services.values() if lb is None or s.lb == lb]
-    if not svcs:
-        raise LbError(f"{topo.name}: no services to load balance")
-    lb_node = svcs[0].lb
-    node = topo.node(lb_node)
-    fn = kinds.fullnat(node)
-    client_if, rs_if = fn.client_if, fn.rs_if
-    cfg = Cfg(
-        tcp_idle_s=float(fn.tcp_idle),
-        udp_idle_s=float(fn.udp_idle),
-        lport_min=fn.lport_min,
-        lport_max=fn.lport_max,
-    )
-    opt_pkts = fn.udp_opt_pkts
-    lb_ns = lab.ns(lb_node)
-    obj = bpf.obj_path(BPF_OBJ)  # built on the host; a VM guest reads it over its 9p root
-    pass_obj = bpf.obj_path("xdp_pass")
+    nsmap = {n: lab.ns(n) for n in topo.nodes}
+    todo = ops(topo, nsmap, lab.name, lb=lb)  # raises when no service matches
+    lb_node = next(s.lb for s in topo.services.values() if lb is None or s.lb == lb)
     k = lab.kernel()
-    k.provide([obj, pass_obj])
-    k.ensure_bpffs()
-    pin_dir = PIN_ROOT / lab.name
-    k.exec(["rm", "-rf", str(pin_dir)])
-    k.run(["mkdir", "-p", str(pin_dir)], f"creating {pin_dir}")
-    handle = LbHandle(lab.name, lb_ns, [], 0, pin_dir, kernel=k)
     try:
-        k.run(["mkdir", str(pin_dir / "maps")], f"creating {pin_dir / 'maps'}")
-        prog_pin = pin_dir / "prog"
-        k.run(
-            [
-                "bpftool",
-                "prog",
-                "load",
-                str(obj),
-                str(prog_pin),
-                "type",
-                "xdp",
-                "pinmaps",
-                str(pin_dir / "maps"),
-            ],
-            f"loading {obj}",
-        )
-        if any(s.vxlan for s in svcs):
-            _vxlan_devices(lab, topo, handle)
-        # both ends of both lb links compute checksums in software; the peers
-        # need an XDP program to accept redirected frames (KernelHandle.tx_checksum_off)
-        for ifname in (client_if, rs_if):
-            pnode, pif = _peer(topo, lb_node, ifname)
-            k.tx_checksum_off(lb_ns, ifname)
-            k.tx_checksum_off(lab.ns(pnode), pif)
-            k.attach_xdp(lab.ns(pnode), pif, pass_obj)
-            handle.peers.append((lab.ns(pnode), pif))
-        for ifname in (client_if, rs_if):
-            k.run(
-                [
-                    "nsenter",
-                    f"--net={os.path.join('/run/netns', lb_ns)}",
-                    "bpftool",
-                    "net",
-                    "attach",
-                    "xdpdrv",
-                    "pinned",
-                    str(prog_pin),
-                    "dev",
-                    ifname,
-                    "overwrite",
-                ],
-                f"attaching {BPF_PROG} to {lb_node}:{ifname}",
-            )
-            handle.ifnames.append(ifname)
-        pid = k.xdp_prog_id(lb_ns, client_if)
-        if pid is None:
-            raise LbError(f"{lb_node}:{client_if}: no XDP program after attach")
-        handle.prog_id = pid
-        entries = [
-            service_config(lab, topo, s, sid, lb_ns, rs_if, client_if, opt_pkts, k)
-            for sid, s in enumerate(svcs)
-        ]
-        flat = [(sv, rss, locs) for svl, rss, locs in entries for sv in svl]  # type: ignore[union-attr]
-        ports = {k.ifindex(lb_ns, client_if): PORT_CLIENT, k.ifindex(lb_ns, rs_if): PORT_RS}
-        ids = k.prog_map_ids(pid)
-        for u in tables(flat, cfg, ports):
-            mid = ids.get(u.map[:15])
-            if mid is None:
-                raise LbError(f"program {pid} has no map {u.map}")
-            k.map_update(mid, u.key, u.value)
+        programs.apply(k, todo)
     except BaseException:
-        handle.detach()
+        programs.undo(k, todo, lab.name)
         raise
-    return handle
+    pid = k.xdp_prog_id(nsmap[lb_node], kinds.fullnat(topo.node(lb_node)).client_if)
+    if pid is None:
+        raise LbError(f"{lb_node}: no XDP program after attach")
+    return LbHandle(lab.name, nsmap[lb_node], pid, todo, kernel=k)

@@ -9,12 +9,15 @@ Mininet engines can consume the same operations.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import shlex
 from dataclasses import dataclass, field
 
+from lab import programs
 from lab.errors import LabError
+from lab.programs import ProgOp
 from lab.topology import IfAddr, IpAddr, Topology
 
 NS_PREFIX = "toalab-"
@@ -23,6 +26,16 @@ SWITCH_BRIDGE = "br0"
 
 def ns_name(lab: str, node: str) -> str:
     return f"{NS_PREFIX}{lab}-{node}"
+
+
+def mac_of(node: str, ifname: str) -> str:
+    """The MAC address of node:ifname in every lab of a topology: locally
+    administered unicast, from the names alone, so that what programs are
+    told about next hops (the LB's and gwping's tables) is known from the
+    topology before anything runs.  Labs never share a segment, so the same
+    MAC in two labs side by side is harmless."""
+    h = hashlib.sha256(f"{node}/{ifname}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class Veth:
     peer_ns: str
     peer_ifname: str
     mtu: int
+    mac: str = ""  # the plan's (mac_of); empty: the kernel picks one
+    peer_mac: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,8 @@ class Plan:
     lab: str
     namespaces: dict[str, str]  # node -> namespace
     ops: list[Op] = field(default_factory=list)
+    # the programs phase, run once the network is built (lab/programs.py)
+    programs: list[ProgOp] = field(default_factory=list)
 
     @classmethod
     def build(cls, topo: Topology, lab: str) -> Plan:
@@ -114,9 +131,15 @@ class Plan:
             ops.extend(Sysctl(ns, k, v) for k, v in BASE_SYSCTLS)
             if node.forwarding:
                 ops.extend(Sysctl(ns, k, v) for k, v in FORWARDING_SYSCTLS)
+        seen: dict[str, str] = {}
         for link in topo.links:
+            a, b = mac_of(link.a.node, link.a.ifname), mac_of(link.b.node, link.b.ifname)
+            for mac, ep in ((a, link.a), (b, link.b)):
+                if mac in seen:  # 40 bits of a hash: never seen, but never silently
+                    raise LabError(f"{topo.name}: {ep} and {seen[mac]} hash to the same MAC {mac}")
+                seen[mac] = str(ep)
             ops.append(
-                Veth(nsmap[link.a.node], link.a.ifname, nsmap[link.b.node], link.b.ifname, link.mtu)
+                Veth(nsmap[link.a.node], link.a.ifname, nsmap[link.b.node], link.b.ifname, link.mtu, a, b)
             )
         for node in topo.nodes.values():
             ns = nsmap[node.name]
@@ -131,6 +154,7 @@ class Plan:
                 ops.extend(Addr(ns, ifname, a) for a in addrs)
             ops.extend(Sysctl(ns, k, v) for k, v in node.sysctls.items())
             ops.extend(RouteAdd(ns, r.dst, r.via, r.dev) for r in node.routes)
+        plan.programs = programs.for_topology(topo, nsmap, lab)
         return plan
 
     # -- rendering for engines that run shell in the target kernel ----------------
@@ -212,9 +236,12 @@ def _ip_line(op: Op) -> str:
             if hasattr(op, f)))  # fmt: skip
     match op:
         case Veth():
+            _safe(op.mac or None, op.peer_mac or None)
+            mac = f" address {op.mac}" if op.mac else ""
+            pmac = f" address {op.peer_mac}" if op.peer_mac else ""
             return (
-                f"link add {op.ifname} mtu {op.mtu} type veth "
-                f"peer name {op.peer_ifname} mtu {op.mtu} netns {op.peer_ns}"
+                f"link add {op.ifname}{mac} mtu {op.mtu} type veth "
+                f"peer name {op.peer_ifname}{pmac} mtu {op.mtu} netns {op.peer_ns}"
             )
         case Bridge():
             return f"link add {op.ifname} type bridge"

@@ -16,7 +16,7 @@ from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 from test_lb_bpf import FAMILIES, LPORT, RPORT, Scenario, l4seg
 
-from lab import bpf, gwping, lb
+from lab import bpf, gwping, gwprobe, lb
 from lab.vm import kernels
 from lab.vm.session import VMSession
 
@@ -57,7 +57,7 @@ def _same(host: list[bpf.XdpResult], vm: list[bpf.XdpResult]) -> None:
 def test_gwping_same_output_on_both_kernels(guest: bpf.Runner, family: int) -> None:
     src, dst = ("198.18.1.10", "198.18.2.2") if family == 4 else ("2001:db8:70:1::10", "2001:db8:70:2::2")
     frames = [
-        bytes(Ether() / gwping.probe_packet(src, dst, 40000 + i, 8080, i, tsval))
+        bytes(Ether() / gwprobe.probe_packet(src, dst, 40000 + i, 8080, i, tsval))
         for i, tsval in enumerate((gwping.MAGIC, gwping.MAGIC_PASS, 0x12345678))
     ]
     obj = bpf.obj_path("gwping")

@@ -29,7 +29,8 @@ from scapy.utils import rdpcap
 
 from lab import netns, topology
 from lab.capture import Capture
-from lab.gwping import MAGIC, MAGIC_PASS, DataPlane, run_probes
+from lab.gwping import MAGIC, MAGIC_PASS, DataPlane
+from lab.gwprobe import run_probes
 from lab.net import Lab
 
 pytestmark = [pytest.mark.host, pytest.mark.bpf]

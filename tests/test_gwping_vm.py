@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from lab import topology
-from lab.gwping import COUNTERS, MAGIC, PORTS_MAP, DataPlane, GwPort, probe_packet
+from lab.gwping import COUNTERS, MAGIC, PORTS_MAP, DataPlane, GwPort
+from lab.gwprobe import probe_packet
 from lab.net import Lab
 from lab.vm.session import VMSession
 

@@ -29,7 +29,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from lab import lb, netns, scapy_toa, topology, wire
+from lab import lb, netns, programs, scapy_toa, topology, wire
 from lab.capture import Capture
 from lab.net import Lab
 
@@ -54,7 +54,7 @@ def lb_lab(name: str, topo_file: str) -> Iterator[LbLab]:
     topo = topology.load(TOPOLOGIES / f"{topo_file}.yaml")
     with Lab.up(topo, name=name) as lab:  # the engine attaches the LB of the services
         yield LbLab(lab, topo, lb.attached(lab))
-    assert not (lb.PIN_ROOT / name).exists()
+    assert not (programs.PIN_ROOT / name).exists()
 
 
 def _fam(addr: object) -> int:

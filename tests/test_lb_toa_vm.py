@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import unsupported
 
-from lab import bpf, kmod, lb, topology
+from lab import bpf, kmod, lb, programs, topology
 from lab.net import Lab
 from lab.vm.client import RemoteJob
 from lab.vm.session import VMSession
@@ -104,8 +104,8 @@ def test_rs_application_sees_the_client(guest: Guest, topo_file: str) -> None:
             _exchange(lab, handle, art, svc.real_servers, family, vip, vport, rport, svc.vxlan)
         finally:
             handle.detach()
-        expect("pins left in the guest after detach", guest.vm.run(["ls", str(lb.PIN_ROOT)]).stdout.split(),
-               [])  # fmt: skip
+        left = guest.vm.run(["ls", str(programs.PIN_ROOT)]).stdout.split()
+        expect("pins left in the guest after detach", left, [])
 
 
 def _exchange(lab: Lab, handle: lb.LbHandle, art: kmod.Artifacts, rss: list[str], family: str,

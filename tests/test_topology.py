@@ -9,7 +9,7 @@ import pytest
 
 from lab import topology
 from lab.errors import LabError
-from lab.plan import Addr, Netns, Plan, Veth
+from lab.plan import Addr, Netns, Plan, Veth, mac_of
 from lab.topology import Topology, TopologyError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,9 @@ def test_plan_orders_and_renders() -> None:
     assert kinds.index(Netns) < kinds.index(Veth) < kinds.index(Addr)
     script = plan.render_shell()
     assert "netns add toalab-demo-a\n" in script
-    assert "link add eth0 mtu 1500 type veth peer name eth0 mtu 1500 netns toalab-demo-b" in script
+    ma, mb = mac_of("a", "eth0"), mac_of("b", "eth0")
+    want = f"link add eth0 address {ma} mtu 1500 type veth peer name eth0 address {mb} mtu 1500"
+    assert f"{want} netns toalab-demo-b" in script
     assert "addr add 192.0.2.1/24 dev eth0" in script
     assert "ip netns del toalab-demo-a" in plan.render_teardown()
 
@@ -234,3 +236,12 @@ def test_the_vm_script_refuses_what_validation_would_have_caught() -> None:
     t2.add_link("a:eth0", "b:eth0")
     with pytest.raises(LabError, match="refusing sysctl key"):
         Plan.build(t2, "inj2").render_shell()
+
+
+def test_macs_come_from_the_names_and_are_locally_administered_unicast() -> None:
+    assert mac_of("lb", "eth1") == mac_of("lb", "eth1") != mac_of("lb", "eth0")
+    first = int(mac_of("rs1", "eth0").split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01
+    plan = Plan.build(topology.loads(GOOD), "x")
+    veths = [op for op in plan.ops if isinstance(op, Veth)]
+    assert veths and all(v.mac and v.peer_mac for v in veths)

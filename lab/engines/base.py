@@ -19,8 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lab import programs
 from lab.errors import LabError
 from lab.kernel import ExecResult, Job, KernelHandle
+from lab.plan import Plan
 from lab.topology import Topology
 
 STATE_DIR = Path(os.environ.get("TOALAB_STATE_DIR", "/run/toalab"))
@@ -134,32 +136,16 @@ class Engine(ABC):
             "nodes": {n: {"role": r.roles.get(n, "?"), "netns": ns} for n, ns in r.namespaces.items()},
         }
 
-    def ns(self, node: str) -> str:
-        """The namespace of a node, in this engine's kernel."""
-        return self.record.ns(node)
-
     def kernel(self) -> KernelHandle:
         """The kernel the lab's network lives in: the running one here (the VM engine's
         is its guest's)."""
         return KernelHandle()
 
-    def _attach_programs(self, topo: Topology) -> None:
-        """The XDP programs a topology implies, in this engine's kernel: the gateway
-        data planes its nodes declare (``params.xdp``) and the fullnat LB of its
-        services.  Programs die with their namespaces; ``down`` removes the LB's pins."""
-        if any(node.params.get("xdp") for node in topo.nodes.values()):
-            from lab.gwping import apply_data_plane
-
-            apply_data_plane(topo, self.record.namespaces, self.kernel())
-        self._attach_lb(topo)
-
-    def _attach_lb(self, topo: Topology) -> None:
-        """Run the fullnat LB of the topology's services in this engine's
-        kernel (lab.lb decides whether the topology wants one)."""
-        from lab import lb
-
-        if lb.enabled(topo):
-            lb.attach(self, topo)
+    def _attach_programs(self, plan: Plan) -> None:
+        """The plan's programs phase (gateway data planes, the fullnat LB), run in
+        this engine's kernel.  Programs die with their namespaces; ``down``
+        removes the pins (programs.teardown)."""
+        programs.apply(self.kernel(), plan.programs)
 
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:

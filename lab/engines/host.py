@@ -20,9 +20,10 @@ from typing import IO
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lab import netns
+from lab import netns, programs
 from lab.engines.base import Engine, ExecResult, Job
 from lab.errors import LabError
+from lab.kernel import KernelHandle
 from lab.plan import NS_PREFIX, Addr, Bridge, Netns, Plan, Port, RouteAdd, Sysctl, Up, Veth
 from lab.topology import Topology
 
@@ -81,7 +82,7 @@ class HostEngine(Engine):
         self.record.save()  # before building: a crash halfway stays findable
         try:
             self._execute(plan)
-            self._attach_programs(topo)
+            self._attach_programs(plan)
         except BaseException:
             self.down()
             raise
@@ -123,20 +124,16 @@ class HostEngine(Engine):
     def down(self) -> None:
         for ns in self.record.namespaces.values():
             netns.remove(ns)
-        from lab import lb
-
-        lb.remove_pins(self.name)
+        programs.teardown(self.kernel(), self.name)
         self.record.forget()
 
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:
-        from lab import lb
-
         removed = []
         for ns in netns.listing(NS_PREFIX):
             netns.remove(ns)
             removed.append(ns)
-        return removed + lb.remove_pins()
+        return removed + programs.teardown_all(KernelHandle())
 
     # -- running programs -----------------------------------------------------------
     def _argv(self, node: str, argv: Sequence[str]) -> list[str]:
@@ -209,13 +206,15 @@ def _apply(op: object, nl: _Netlink) -> None:
     ipr = nl.ipr
     match op:
         case Veth():
-            ipr.link(
-                "add",
-                ifname=op.ifname,
-                kind="veth",
-                mtu=op.mtu,
-                peer={"ifname": op.peer_ifname, "net_ns_fd": netns.path(op.peer_ns), "mtu": op.mtu},
-            )
+            peer: dict[str, object] = {
+                "ifname": op.peer_ifname,
+                "net_ns_fd": netns.path(op.peer_ns),
+                "mtu": op.mtu,
+            }
+            if op.peer_mac:
+                peer["address"] = op.peer_mac
+            mac = {"address": op.mac} if op.mac else {}
+            ipr.link("add", ifname=op.ifname, kind="veth", mtu=op.mtu, peer=peer, **mac)
         case Bridge():
             ipr.link("add", ifname=op.ifname, kind="bridge")
         case Port():

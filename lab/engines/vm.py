@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from lab import programs
 from lab.engines.base import Engine, ExecResult, LabRecord
 from lab.errors import LabError
 from lab.kernel import KernelHandle
@@ -113,7 +114,7 @@ class VMEngine(Engine):
                     f"building lab '{self.name}' in VM '{vm.name}' failed"
                     + (f": {err[-1]}" if err else f" (exit {res.returncode})")
                 )
-            self._attach_programs(topo)  # as the host engine does; down removes the LB's pins
+            self._attach_programs(plan)  # as the host engine does; down removes the pins
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
@@ -126,10 +127,8 @@ class VMEngine(Engine):
         if vm_alive and not self.owns_vm:
             with contextlib.suppress(LabError):
                 teardown = Plan(lab=self.name, namespaces=self.record.namespaces).render_teardown()
-                from lab.lb import PIN_ROOT
-
-                teardown += f"rm -rf {PIN_ROOT / self.name}\n"
                 self.vm().sh(teardown, timeout=30)
+                programs.teardown(self.kernel(), self.name)
         if self.owns_vm:
             if vm_alive:
                 # without a shared root (cloud flavour) results live in the guest: fetch them
