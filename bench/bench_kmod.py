@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import kmod, topology  # noqa: E402
+from lab import kmod, topology, traffic  # noqa: E402
 from lab.errors import LabError  # noqa: E402
 from lab.net import Lab  # noqa: E402
 from lab.vm.session import VMSession  # noqa: E402
@@ -67,7 +67,7 @@ class Bench:
     def _pair(self, server: list[str], client: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         job = self.lab.spawn("rs1", server)
         try:
-            kmod.wait_for(job, '"event":"listening"', 15.0, "toa_bench server")
+            traffic.wait_for(job, '"event":"listening"', 15.0, "toa_bench server")
             c = self.lab.exec("lb", client, timeout=300)
             if c.returncode != 0:
                 raise LabError(f"{' '.join(client)} exited {c.returncode}: {c.stdout}{c.stderr}")
@@ -76,7 +76,7 @@ class Bench:
         finally:
             if job.running:
                 job.terminate()
-        return {e["event"]: e for e in kmod.events(c.stdout)}, kmod.events(job.output()[0])
+        return {e["event"]: e for e in traffic.events(c.stdout)}, traffic.events(job.output()[0])
 
     def tcp(self, loaded: bool) -> tuple[float, float]:
         b = self.art.bin("toa_bench")

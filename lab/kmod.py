@@ -1,38 +1,33 @@
-"""The TOA/UOA modules in a lab: build, load/unload, stats, one exchange.
+"""The TOA/UOA modules in a lab: build, load/unload, stats, the kernel log.
 
-Shared by tests/test_kmod_vm.py, bench/bench_kmod.py and the demo.
+Shared by tests/test_kmod_vm.py, bench/bench_kmod.py and the demo; the
+traffic that exercises them is lab/traffic.py's.
 
     art = kmod.build()                             # modules + static examples for the VM kernel
     with VMSession() as vm, vm.lab(topo) as lab:
         kmod.load(vm, "toa", art, toa_map_table_bits=14)
-        ev = kmod.tcp_exchange(lab, "rs1", "lb", "192.0.2.11", 8080,
-                               opt=("10.0.0.1:1", "10.0.0.2:2"), artifacts=art).event
-        ev["peer"]  # {"family": "ipv4", "addr": "10.0.0.1", "port": 1}
+        traffic.tcp_exchange(lab, "rs1", "lb", "192.0.2.11", 8080, opt=(...), artifacts=art)
         kmod.stats(lab, "toa")["parsed_v4_in4"]
 
-Engine-agnostic: programs run through Lab.exec / Lab.spawn; a module is
-per kernel, so load/unload/stats accept a Lab (its kernel handle) or
-a VMSession (the guest's root namespace).  The guest runs the static
-binaries straight from the host's build tree (the host's / over 9p).
+A module is per kernel, so load/unload/stats accept a Lab (its kernel
+handle) or a VMSession (the guest's root namespace).  The guest runs the
+static binaries straight from the host's build tree (the host's / over 9p).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import subprocess
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 from lab.errors import LabError
 from lab.kernel import ExecResult
-from lab.net import Lab
 
 if TYPE_CHECKING:
+    from lab.net import Lab
     from lab.vm.session import VMSession
 
     Target = Union[Lab, VMSession]  # noqa: UP007 (a string annotation alias)
@@ -45,17 +40,33 @@ TEST_MODULES = {"ipmodify_holder": "tests/ipmodify_holder"}
 PROGRAMS = ("tcp_server", "tcp_client", "udp_server", "udp_client", "toa_bench", "test_toa_opt")
 
 
+def userspace() -> Programs:
+    """The example programs alone, static, for the host engine (no kernel needed)."""
+    out = REPO / "build" / "kmod" / "userspace"
+    _make(["userspace", "STATIC=1", f"BUILD={out / 'bin'}"])
+    return Programs(out)
+
+
+@dataclass(frozen=True)
+class Programs:
+    """The static example programs and tools under root/bin."""
+
+    root: Path
+
+    def bin(self, name: str) -> str:
+        return str(self.root / "bin" / name)
+
+
 def out_dir(release: str) -> Path:
     """build/kmod/<release>: the modules built for that kernel and static userspace."""
     return REPO / "build" / "kmod" / release
 
 
 @dataclass(frozen=True)
-class Artifacts:
-    """What build() made for one kernel release."""
+class Artifacts(Programs):
+    """What build() made for one kernel release: the modules, and the programs."""
 
-    release: str
-    root: Path
+    release: str = ""
 
     def module(self, name: str) -> Path:
         if name in TEST_MODULES:
@@ -63,9 +74,6 @@ class Artifacts:
         if name not in MODULES:
             raise LabError(f"unknown module '{name}' (modules: {', '.join(MODULES)})")
         return self.root / name / f"{name}.ko"
-
-    def bin(self, name: str) -> str:
-        return str(self.root / "bin" / name)
 
     def files(self) -> list[Path]:
         """Every module and program (what a guest without the host's / needs copied in)."""
@@ -87,14 +95,14 @@ def build(kernel: str | None = None, *, flavour: str | None = None) -> Artifacts
     from lab.vm.image import ImageBuilder
 
     image = ImageBuilder(kernel, flavour=flavour, progress=None).build()
-    art = Artifacts(image.release, out_dir(image.release))
+    art = Artifacts(out_dir(image.release), image.release)
     _make(["modules-out", f"KDIR={image.headers}", f"MODOUT={art.root}"])
     _make(["userspace", "STATIC=1", f"BUILD={art.root / 'bin'}"])
     return art.check()
 
 
 def artifacts_for(release: str) -> Artifacts:
-    return Artifacts(release, out_dir(release)).check()
+    return Artifacts(out_dir(release), release).check()
 
 
 def _make(args: Sequence[str]) -> None:
@@ -185,167 +193,3 @@ _DMESG_BAD = re.compile(
     r"\bWARNING:|\bBUG[: ]|\bOops\b|general protection fault|Call Trace:|rcu.*stall|"
     r"refcount_t:|list_(?:add|del) corruption|KASAN|UBSAN|kernel panic|Kernel panic"
 )
-
-
-# -- exchanges -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Client:
-    """One client run: the option (CIP:CPORT, VIP:VPORT), raw option bytes, or none."""
-
-    opt: tuple[str, str] | None = None
-    raw_opt: str | None = None
-    extra: tuple[str, ...] = ()
-
-    def argv(self, program: str, host: str, port: int) -> list[str]:
-        argv = [program, "--json"]
-        if self.opt:
-            argv += ["--opt", *self.opt]
-        if self.raw_opt:
-            argv += ["--raw-opt", self.raw_opt]
-        return [*argv, *self.extra, host, str(port)]
-
-
-@dataclass
-class Exchange:
-    """The server's events for one client, and that client's own events."""
-
-    proto: str
-    server: list[dict[str, Any]]
-    client: list[dict[str, Any]]
-    server_output: str = ""
-    client_output: str = ""
-
-    @property
-    def event(self) -> dict[str, Any]:
-        """The server's accept (TCP) or datagram (UDP) event."""
-        want = "accept" if self.proto == "tcp" else "datagram"
-        for ev in self.server:
-            if ev.get("event") == want:
-                return ev
-        raise LabError(f"the {self.proto} server reported no {want} event: {self.server_output!r}")
-
-    def client_event(self, name: str) -> dict[str, Any]:
-        for ev in self.client:
-            if ev.get("event") == name:
-                return ev
-        raise LabError(f"the {self.proto} client reported no {name} event: {self.client_output!r}")
-
-
-@dataclass
-class _Split:
-    per_client: list[list[dict[str, Any]]] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
-
-
-def events(text: str) -> list[dict[str, Any]]:
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-MARK = "--toalab-client--"
-
-
-def exchanges(
-    lab: Lab,
-    proto: str,
-    server_node: str,
-    client_node: str,
-    host: str,
-    port: int,
-    clients: Sequence[Client],
-    *,
-    artifacts: Artifacts,
-    server_family: str | None = None,
-    timeout: float = 60.0,
-) -> list[Exchange]:
-    """Start one server (--json --count N) on server_node, run the N clients one after
-    the other on client_node (one command), return one Exchange per client.
-
-    The server listens on IPv4 or IPv6 after `host`'s family, or `server_family`
-    ("-4", "-6": dual-stack, so an IPv4 connection shows v4-mapped addresses)."""
-    if proto not in ("tcp", "udp"):
-        raise LabError(f"proto must be tcp or udp, not {proto!r}")
-    n = len(clients)
-    family = server_family or ("-6" if ":" in host else "-4")
-    srv = [artifacts.bin(f"{proto}_server"), family, "--json", "--count", str(n)]
-    if proto == "tcp":
-        srv += ["--timeout", "5"]
-    srv.append(str(port))
-    job = lab.spawn(server_node, srv)
-    try:
-        wait_for(job, '"event":"listening"', 15.0, f"{proto}_server on {server_node}")
-        prog = artifacts.bin(f"{proto}_client")
-        script = "\n".join(
-            f"echo {MARK}; " + shlex.join(c.argv(prog, host, port)) for c in clients
-        )  # one client after the other, each marked
-        res = lab.exec(client_node, ["sh", "-c", script], timeout=timeout)
-        split = _split_clients(res.stdout, n)
-        failed = [i for i, evs in enumerate(split.per_client) if any(e.get("event") == "error" for e in evs)]
-        if failed:
-            raise LabError(
-                f"{proto}_client #{failed[0]} on {client_node} failed: {split.raw[failed[0]].strip()} "
-                f"{res.stderr.strip()}"
-            )
-        code = job.wait(timeout=15.0)
-    finally:
-        if job.running:
-            job.terminate()
-    out, err = job.output()
-    sevents = events(out)
-    if code != 0:
-        raise LabError(f"{proto}_server on {server_node} exited {code}: {out}{err}")
-    want = "accept" if proto == "tcp" else "datagram"
-    accepted = [ev for ev in sevents if ev.get("event") == want]
-    result = []
-    for i in range(n):
-        evs = [ev for ev in sevents if ev.get("event") != want]
-        evs += [ev for ev in accepted if ev.get("n") == i]
-        evs += [ev for ev in sevents if ev.get("event") == "close" and ev.get("n") == i]
-        result.append(Exchange(proto, evs, split.per_client[i], out, split.raw[i]))
-    return result
-
-
-def tcp_exchange(
-    lab: Lab, server_node: str, client_node: str, host: str, port: int,
-    *, opt: tuple[str, str] | None = None, raw_opt: str | None = None, artifacts: Artifacts,
-) -> Exchange:  # fmt: skip
-    """One TCP connection; `.event` is the server's parsed accept event."""
-    c = Client(opt=opt, raw_opt=raw_opt)
-    return exchanges(lab, "tcp", server_node, client_node, host, port, [c], artifacts=artifacts)[0]
-
-
-def udp_exchange(
-    lab: Lab, server_node: str, client_node: str, host: str, port: int,
-    *, opt: tuple[str, str] | None = None, raw_opt: str | None = None, artifacts: Artifacts,
-) -> Exchange:  # fmt: skip
-    """One datagram; `.event` is the server's datagram event (with the UOA lookup)."""
-    c = Client(opt=opt, raw_opt=raw_opt, extra=("--once",))
-    return exchanges(lab, "udp", server_node, client_node, host, port, [c], artifacts=artifacts)[0]
-
-
-def _split_clients(stdout: str, n: int) -> _Split:
-    chunks = stdout.split(MARK + "\n")[1:]
-    if len(chunks) != n:
-        raise LabError(f"expected the output of {n} clients, got {len(chunks)}: {stdout!r}")
-    return _Split([events(c) for c in chunks], chunks)
-
-
-def wait_for(job: Any, needle: str, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while time.monotonic() < deadline:
-        out, err = job.output()
-        if needle in out:
-            return
-        if not job.running:
-            raise LabError(f"{what} ended before {needle}: {out}{err}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-    raise LabError(f"{what}: no {needle} within {timeout} s")

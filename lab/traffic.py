@@ -1,118 +1,287 @@
-"""Small real exchanges between lab nodes, driven from the host process.
+"""Real traffic between lab nodes: the one traffic driver of the lab.
 
-Sockets are opened inside a node's namespace (the socket stays there after
-the thread returns home), so one Python process can play both ends without
-any helper program.  Host engine only: a VM's namespaces are in the guest.
+It drives the example programs of kmod/examples (tcp/udp server and client,
+static C, --json events), so the same exchange runs on any engine: on the
+host's namespaces, or in a guest, where Python would take seconds to start
+and scapy tens of seconds.  The servers report what their application sees
+(accept(), getpeername/getsockname, the TOA and UOA lookups); the clients
+report their own addresses, so a check compares the two.
+
+    progs = kmod.build()                        # or kmod.userspace() for the host
+    ex = traffic.tcp_exchange(lab, "rs1", "lb", "192.0.2.11", 8080,
+                              opt=("10.0.0.1:1", "10.0.0.2:2"), artifacts=progs)
+    ex.event["peer"]                             # {"family": "ipv4", "addr": "10.0.0.1", "port": 1}
+    v = traffic.vip_exchange(lab, "client", ["rs1", "rs2"], "203.0.113.10", 80, 8080, programs=progs)
+    v.accept["peer"] == v.tcp_client["sock"]     # with toa.ko on the RS
 """
 
 from __future__ import annotations
 
-import select
-import socket
-from dataclasses import dataclass
+import json
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from lab import ipopt, netns, wire
 from lab.errors import LabError
 from lab.net import Lab
 
 
-def _family(addr: str) -> int:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+class Programs(Protocol):
+    """Where the example programs are (kmod.Artifacts, kmod.userspace())."""
+
+    def bin(self, name: str) -> str: ...
 
 
-def optioned_exchange(
-    lab: Lab, client: str, server: str, src: str, dst: str, opt: wire.AddrOption, port: int = 8080
-) -> None:
-    """One TCP connection and one UDP datagram from client to server, both
-    sockets carrying ``opt`` (set_ip_opt before connect), payloads checked."""
-    family = _family(dst)
-    with netns.entered(lab.engine.record.ns(server)):
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        udp_rx = socket.socket(family, socket.SOCK_DGRAM)
-    with netns.entered(lab.engine.record.ns(client)):
-        tcp = socket.socket(family, socket.SOCK_STREAM)
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-    with listener, udp_rx, tcp, udp:
-        for s in (listener, udp_rx, tcp, udp):
-            s.settimeout(5)
-        listener.bind((dst, port))
-        listener.listen()
-        udp_rx.bind((dst, port))
-        for s in (tcp, udp):
-            s.bind((src, 0))
-            ipopt.set_ip_opt(s, opt)
-        tcp.connect((dst, port))
-        conn, _ = listener.accept()
-        with conn:
-            tcp.sendall(b"hello")
-            if conn.recv(5) != b"hello":
-                raise AssertionError("TCP payload did not arrive intact")
-        udp.sendto(b"datagram", (dst, port))
-        if udp_rx.recv(100) != b"datagram":
-            raise AssertionError("UDP payload did not arrive intact")
+@dataclass(frozen=True)
+class Client:
+    """One client run: the option (CIP:CPORT, VIP:VPORT), raw option bytes, or none."""
+
+    opt: tuple[str, str] | None = None
+    raw_opt: str | None = None
+    extra: tuple[str, ...] = ()
+
+    def argv(self, program: str, host: str, port: int) -> list[str]:
+        argv = [program, "--json"]
+        if self.opt:
+            argv += ["--opt", *self.opt]
+        if self.raw_opt:
+            argv += ["--raw-opt", self.raw_opt]
+        return [*argv, *self.extra, host, str(port)]
 
 
 @dataclass
+class Exchange:
+    """The server's events for one client, and that client's own events."""
+
+    proto: str
+    server: list[dict[str, Any]]
+    client: list[dict[str, Any]]
+    server_output: str = ""
+    client_output: str = ""
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The server's accept (TCP) or datagram (UDP) event."""
+        want = "accept" if self.proto == "tcp" else "datagram"
+        for ev in self.server:
+            if ev.get("event") == want:
+                return ev
+        raise LabError(f"the {self.proto} server reported no {want} event: {self.server_output!r}")
+
+    def client_event(self, name: str) -> dict[str, Any]:
+        for ev in self.client:
+            if ev.get("event") == name:
+                return ev
+        raise LabError(f"the {self.proto} client reported no {name} event: {self.client_output!r}")
+
+
+@dataclass
+class _Split:
+    per_client: list[list[dict[str, Any]]] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+
+
+def events(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+MARK = "--toalab-client--"
+
+
+def exchanges(
+    lab: Lab,
+    proto: str,
+    server_node: str,
+    client_node: str,
+    host: str,
+    port: int,
+    clients: Sequence[Client],
+    *,
+    artifacts: Programs,
+    server_family: str | None = None,
+    timeout: float = 60.0,
+) -> list[Exchange]:
+    """Start one server (--json --count N) on server_node, run the N clients one after
+    the other on client_node (one command), return one Exchange per client.
+
+    The server listens on IPv4 or IPv6 after `host`'s family, or `server_family`
+    ("-4", "-6": dual-stack, so an IPv4 connection shows v4-mapped addresses)."""
+    if proto not in ("tcp", "udp"):
+        raise LabError(f"proto must be tcp or udp, not {proto!r}")
+    n = len(clients)
+    family = server_family or ("-6" if ":" in host else "-4")
+    srv = [artifacts.bin(f"{proto}_server"), family, "--json", "--count", str(n)]
+    if proto == "tcp":
+        srv += ["--timeout", "5"]
+    srv.append(str(port))
+    job = lab.spawn(server_node, srv)
+    try:
+        wait_for(job, '"event":"listening"', 15.0, f"{proto}_server on {server_node}")
+        prog = artifacts.bin(f"{proto}_client")
+        script = "\n".join(
+            f"echo {MARK}; " + shlex.join(c.argv(prog, host, port)) for c in clients
+        )  # one client after the other, each marked
+        res = lab.exec(client_node, ["sh", "-c", script], timeout=timeout)
+        split = _split_clients(res.stdout, n)
+        failed = [i for i, evs in enumerate(split.per_client) if any(e.get("event") == "error" for e in evs)]
+        if failed:
+            raise LabError(
+                f"{proto}_client #{failed[0]} on {client_node} failed: {split.raw[failed[0]].strip()} "
+                f"{res.stderr.strip()}"
+            )
+        code = job.wait(timeout=15.0)
+    finally:
+        if job.running:
+            job.terminate()
+    out, err = job.output()
+    sevents = events(out)
+    if code != 0:
+        raise LabError(f"{proto}_server on {server_node} exited {code}: {out}{err}")
+    want = "accept" if proto == "tcp" else "datagram"
+    accepted = [ev for ev in sevents if ev.get("event") == want]
+    result = []
+    for i in range(n):
+        evs = [ev for ev in sevents if ev.get("event") != want]
+        evs += [ev for ev in accepted if ev.get("n") == i]
+        evs += [ev for ev in sevents if ev.get("event") == "close" and ev.get("n") == i]
+        result.append(Exchange(proto, evs, split.per_client[i], out, split.raw[i]))
+    return result
+
+
+def tcp_exchange(
+    lab: Lab, server_node: str, client_node: str, host: str, port: int,
+    *, opt: tuple[str, str] | None = None, raw_opt: str | None = None, artifacts: Programs,
+) -> Exchange:  # fmt: skip
+    """One TCP connection; `.event` is the server's parsed accept event."""
+    c = Client(opt=opt, raw_opt=raw_opt)
+    return exchanges(lab, "tcp", server_node, client_node, host, port, [c], artifacts=artifacts)[0]
+
+
+def udp_exchange(
+    lab: Lab, server_node: str, client_node: str, host: str, port: int,
+    *, opt: tuple[str, str] | None = None, raw_opt: str | None = None, artifacts: Programs,
+) -> Exchange:  # fmt: skip
+    """One datagram; `.event` is the server's datagram event (with the UOA lookup)."""
+    c = Client(opt=opt, raw_opt=raw_opt, extra=("--once",))
+    return exchanges(lab, "udp", server_node, client_node, host, port, [c], artifacts=artifacts)[0]
+
+
+def _split_clients(stdout: str, n: int) -> _Split:
+    chunks = stdout.split(MARK + "\n")[1:]
+    if len(chunks) != n:
+        raise LabError(f"expected the output of {n} clients, got {len(chunks)}: {stdout!r}")
+    return _Split([events(c) for c in chunks], chunks)
+
+
+def wait_for(job: Any, needle: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        out, err = job.output()
+        if needle in out:
+            return
+        if not job.running:
+            raise LabError(f"{what} ended before {needle}: {out}{err}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    raise LabError(f"{what}: no {needle} within {timeout} s")
+
+
+# -- through a VIP ------------------------------------------------------------------------------
+@dataclass
 class VipExchange:
-    server: str  # the real server that took the connection
-    udp_server: str  # the real server that got the datagram
-    client_addr: tuple[str, int]  # the client's TCP socket's own address
-    udp_client_addr: tuple[str, int]  # the client's UDP socket's own address
-    tcp_peer: tuple[str, int]  # what the real server's accept() saw
-    udp_peer: tuple[str, int]  # where the real server's datagram came from
+    """One TCP connection and one UDP datagram from a client to VIP:vport, as both
+    ends saw them: the clients' own events, which real server took each, and that
+    server's accept / datagram event (peer, sock, accept, lookup)."""
+
+    tcp_client: dict[str, Any]  # the client's connect event: sock is its own address
+    udp_client: dict[str, Any]
+    tcp_server: str
+    udp_server: str
+    accept: dict[str, Any]
+    datagram: dict[str, Any]
+    udp_reply: bool  # the server's echo came back to the client
 
 
-def vip_exchange(lab: Lab, client: str, servers: list[str], vip: str, port: int, rs_port: int) -> VipExchange:
-    """One TCP connection and one UDP datagram from the client to VIP:port,
-    through the lb, answered by whichever real server it lands on."""
-    family = _family(vip)
-    rx: dict[str, tuple[socket.socket, socket.socket]] = {}
+def vip_exchange(
+    lab: Lab, client: str, servers: Sequence[str], vip: str, vport: int, rport: int,
+    *, programs: Programs, family: str | None = None, timeout: float = 15.0,
+) -> VipExchange:  # fmt: skip
+    """Servers on every real server (the LB picks one per flow), the clients on
+    `client` with no option of their own.  `family`: the servers' socket family
+    ("-4", "-6"; default the VIP's).  Raises LabError naming what was expected and
+    what was seen when a program fails, nobody or more than one server answers."""
+    fam = family or ("-6" if ":" in vip else "-4")
+    tcp: dict[str, Any] = {}
+    udp: dict[str, Any] = {}
     try:
         for rs in servers:
-            if lab.topology is None:
-                raise LabError("vip_exchange needs the lab's topology")
-            # a real server has one family: the RS side's
-            addr = str(next(iter(lab.topology.node(rs).addresses())).ip)
-            with netns.entered(lab.engine.record.ns(rs)):
-                t = socket.socket(_family(addr), socket.SOCK_STREAM)
-                u = socket.socket(_family(addr), socket.SOCK_DGRAM)
-            rx[rs] = (t, u)
-            t.bind((addr, rs_port))
-            t.listen()
-            u.bind((addr, rs_port))
-        with netns.entered(lab.engine.record.ns(client)):
-            tcp = socket.socket(family, socket.SOCK_STREAM)
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-        with tcp, udp:
-            tcp.settimeout(5)
-            tcp.connect((vip, port))
-            ready, _, _ = select.select([t for t, _ in rx.values()], [], [], 5)
-            if not ready:
-                raise LabError(f"no real server accepted the connection to {vip}:{port}")
-            listener = ready[0]
-            server = next(rs for rs, (t, _) in rx.items() if t is listener)
-            conn, peer = listener.accept()
-            with conn:
-                tcp.sendall(b"hello")
-                if conn.recv(5) != b"hello":
-                    raise LabError("TCP payload did not arrive intact through the lb")
-                conn.sendall(b"world")
-                if tcp.recv(5) != b"world":
-                    raise LabError("the real server's reply did not come back through the lb")
-            udp.connect((vip, port))  # so that getsockname names the source address
-            udp.send(b"datagram")
-            ready, _, _ = select.select([u for _, u in rx.values()], [], [], 5)
-            if not ready:
-                raise LabError(f"no real server received the datagram to {vip}:{port}")
-            data, upeer = ready[0].recvfrom(100)
-            udp_server = next(rs for rs, (_, u) in rx.items() if u is ready[0])
-            if data != b"datagram":
-                raise LabError("UDP payload did not arrive intact through the lb")
-            return VipExchange(
-                server, udp_server, tcp.getsockname()[:2], udp.getsockname()[:2], peer[:2], upeer[:2]
-            )
+            tcp[rs] = lab.spawn(rs, [programs.bin("tcp_server"), fam, "--json", "--once", "--timeout", "5",
+                                     str(rport)])  # fmt: skip
+            udp[rs] = lab.spawn(rs, [programs.bin("udp_server"), fam, "--json", "--once", "--echo",
+                                     str(rport)])  # fmt: skip
+        for rs in servers:
+            wait_for(tcp[rs], '"event":"listening"', timeout, f"tcp_server on {rs}")
+            wait_for(udp[rs], '"event":"listening"', timeout, f"udp_server on {rs}")
+        clients = [
+            [programs.bin("tcp_client"), "--json", "--once", vip, str(vport)],
+            [programs.bin("udp_client"), "--json", "--once", "--wait-reply", "5000", vip, str(vport)],
+        ]
+        script = "; ".join(f"echo {MARK}; " + shlex.join(argv) for argv in clients)
+        res = lab.exec(client, ["sh", "-c", script], timeout=30 + timeout)
+        tcp_c, udp_c = (events(c) for c in _split_clients(res.stdout, 2).raw)
+        for proto, evs in (("tcp", tcp_c), ("udp", udp_c)):
+            errors = [e for e in evs if e.get("event") == "error"]
+            if errors:
+                raise LabError(f"{proto}_client on {client} failed: {errors[0]} {res.stderr.strip()}")
+        t_rs = _first(tcp, '"event":"accept"', timeout, f"a tcp_server accepting {vip}:{vport}")
+        u_rs = _first(udp, '"event":"datagram"', timeout, f"a udp_server receiving for {vip}:{vport}")
+        for rs, jobs, what in ((t_rs, tcp, "tcp_server"), (u_rs, udp, "udp_server")):
+            code = jobs[rs].wait(timeout)
+            if code != 0:
+                raise LabError(f"{what} on {rs} exited {code}: {jobs[rs].output()}")
+        others = [n for n in servers if n != t_rs and '"event":"accept"' in tcp[n].output()[0]]
+        if others:
+            raise LabError(f"one connection, accepted by {t_rs} and also by {others}")
+        return VipExchange(
+            tcp_client=_event(tcp_c, "connect", "tcp_client"),
+            udp_client=_event(udp_c, "connect", "udp_client"),
+            tcp_server=t_rs,
+            udp_server=u_rs,
+            accept=_event(events(tcp[t_rs].output()[0]), "accept", f"tcp_server on {t_rs}"),
+            datagram=_event(events(udp[u_rs].output()[0]), "datagram", f"udp_server on {u_rs}"),
+            udp_reply=any(e.get("event") == "reply" for e in udp_c),
+        )
     finally:
-        for t, u in rx.values():
-            t.close()
-            u.close()
+        for job in (*tcp.values(), *udp.values()):
+            if job.running:
+                job.terminate()
 
+
+def _first(jobs: dict[str, Any], needle: str, timeout: float, what: str) -> str:
+    """The node whose job printed needle first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node, job in jobs.items():
+            if needle in job.output()[0]:
+                return node
+        time.sleep(0.05)
+    seen = {n: j.output() for n, j in jobs.items()}
+    raise LabError(f"{what}: expected {needle} from one of {sorted(jobs)}, saw {seen}")
+
+
+def _event(evs: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]:
+    for ev in evs:
+        if ev.get("event") == name:
+            return ev
+    raise LabError(f"{what}: expected a {name} event, saw {evs}")

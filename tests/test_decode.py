@@ -11,11 +11,10 @@ from conftest import TOPOLOGIES, needs_root
 from scapy.layers.inet import IP, TCP
 from scapy.utils import wrpcap
 
-from lab import topology, wire
+from lab import kmod, topology, traffic, wire
 from lab.capture import Capture
 from lab.decode import decode
 from lab.net import Lab
-from lab.traffic import optioned_exchange
 
 OPT4 = wire.AddrOption("10.0.0.1", 1, "10.0.0.2", 2)
 OPT6 = wire.AddrOption("2001:db8::1", 1, "2001:db8::2", 2)
@@ -41,7 +40,12 @@ def test_captured_option_decodes(
         Lab.up(topology.load(TOPOLOGIES / f"{topo}.yaml"), name=lab_name) as lab,
         Capture(lab, "rs1", "eth0", pcap),
     ):
-        optioned_exchange(lab, "lb", "rs1", src, dst, opt)
+        # the lb node plays an L7 LB: set_ip_opt on its own sockets (tcp_client/udp_client --opt)
+        o = (wire.endpoint(opt.cip, opt.cport), wire.endpoint(opt.vip, opt.vport))
+        progs = kmod.userspace()
+        for proto, extra in (("tcp", ()), ("udp", ("--once",))):
+            c = traffic.Client(opt=o, extra=(*extra, "--bind", src))
+            traffic.exchanges(lab, proto, "rs1", "lb", dst, 8080, [c], artifacts=progs)
     found = list(decode(str(pcap)))
     protos = {d.outer.split()[-1] for d in found}
     assert protos == {"tcp", "udp"}, [str(d) for d in found]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import unsupported
 
-from lab import kmod, topology
+from lab import kmod, topology, traffic
 from lab.net import Lab
 from lab.vm.session import VMSession
 
@@ -76,13 +76,13 @@ class Rig:
                 return st
             time.sleep(0.1)
 
-    def tcp(self, outer: int, clients: list[kmod.Client], **kw: Any) -> list[kmod.Exchange]:
-        return kmod.exchanges(self.labs[outer], "tcp", "rs1", "lb", RS[outer], TCP_PORT, clients,
+    def tcp(self, outer: int, clients: list[traffic.Client], **kw: Any) -> list[traffic.Exchange]:
+        return traffic.exchanges(self.labs[outer], "tcp", "rs1", "lb", RS[outer], TCP_PORT, clients,
                               artifacts=self.art, **kw)  # fmt: skip
 
-    def udp(self, outer: int, clients: list[kmod.Client], **kw: Any) -> list[kmod.Exchange]:
-        clients = [kmod.Client(c.opt, c.raw_opt, ("--once", *c.extra)) for c in clients]
-        return kmod.exchanges(self.labs[outer], "udp", "rs1", "lb", RS[outer], UDP_PORT, clients,
+    def udp(self, outer: int, clients: list[traffic.Client], **kw: Any) -> list[traffic.Exchange]:
+        clients = [traffic.Client(c.opt, c.raw_opt, ("--once", *c.extra)) for c in clients]
+        return traffic.exchanges(self.labs[outer], "udp", "rs1", "lb", RS[outer], UDP_PORT, clients,
                               artifacts=self.art, **kw)  # fmt: skip
 
 
@@ -108,7 +108,7 @@ def rig(kernel: str) -> Iterator[Rig]:
             yield rig
 
 
-def real(ex: kmod.Exchange) -> dict[str, Any]:
+def real(ex: traffic.Exchange) -> dict[str, Any]:
     """The client's real address: what its own getsockname said after connect."""
     return ex.client_event("connect")["sock"]
 
@@ -117,7 +117,7 @@ def real(ex: kmod.Exchange) -> dict[str, Any]:
 def test_seed_demo_across_namespaces(rig: Rig) -> None:
     """lb: set_ip_opt(10.0.0.1:1 -> 10.0.0.2:2), connect to rs1; rs1's server prints them."""
     rig.ensure(toa=True, uoa=True)
-    ex = rig.tcp(4, [kmod.Client(opt=("10.0.0.1:1", "10.0.0.2:2"))])[0]
+    ex = rig.tcp(4, [traffic.Client(opt=("10.0.0.1:1", "10.0.0.2:2"))])[0]
     expect("client set_ip_opt", ex.client_event("set_ip_opt")["ok"], True)
     expect("client connected to rs1", ex.client_event("connect")["peer"], ep(4, RS[4], TCP_PORT))
     ev = ex.event
@@ -148,7 +148,7 @@ def test_family_combination(rig: Rig, proto: str, outer: int, inner: int) -> Non
     rig.ensure(toa=True, uoa=True)
     mod = "toa" if proto == "tcp" else "uoa"
     before = kmod.stats(rig.vm, mod)
-    client = kmod.Client(opt=OPT[inner])
+    client = traffic.Client(opt=OPT[inner])
     ex = (rig.tcp if proto == "tcp" else rig.udp)(outer, [client])[0]
     after = kmod.stats(rig.vm, mod)
     ev = ex.event
@@ -175,12 +175,12 @@ def test_family_combination(rig: Rig, proto: str, outer: int, inner: int) -> Non
 def test_ipv4_connection_on_a_dual_stack_listener(rig: Rig, inner: int) -> None:
     """An IPv4 connection to a server listening on :: (v4-mapped socket)."""
     rig.ensure(toa=True, uoa=True)
-    ev = rig.tcp(4, [kmod.Client(opt=OPT[inner])], server_family="-6")[0].event
+    ev = rig.tcp(4, [traffic.Client(opt=OPT[inner])], server_family="-6")[0].event
     peer = ep(6, CIP[6], 1) if inner == 6 else ep(6, f"::ffff:{CIP[4]}", 1)
     sock = ep(6, VIP[6], 2) if inner == 6 else ep(6, f"::ffff:{VIP[4]}", 2)
     expect("getpeername on a v4-mapped socket", (ev["peer"], ev["peer_len"]), (peer, 28))
     expect("getsockname on a v4-mapped socket", (ev["sock"], ev["sock_len"]), (sock, 28))
-    ev = rig.udp(4, [kmod.Client(opt=OPT[inner])], server_family="-6")[0].event
+    ev = rig.udp(4, [traffic.Client(opt=OPT[inner])], server_family="-6")[0].event
     expect("UOA lookup on a dual-stack UDP socket", ev["lookup"],
            {"client": ep(inner, CIP[inner], 1), "vip": ep(inner, VIP[inner], 2)})  # fmt: skip
 
@@ -190,14 +190,14 @@ def test_ipv4_connection_on_a_dual_stack_listener(rig: Rig, inner: int) -> None:
 def test_without_the_modules_the_server_sees_the_real_addresses(rig: Rig, outer: int) -> None:
     rig.ensure(toa=False, uoa=False)
     try:
-        ex = rig.tcp(outer, [kmod.Client(opt=OPT[outer])])[0]
+        ex = rig.tcp(outer, [traffic.Client(opt=OPT[outer])])[0]
         ev = ex.event
         expect("client set_ip_opt", ex.client_event("set_ip_opt")["ok"], True)
         expect("getpeername without toa (the LB)", ev["peer"], real(ex))
         expect("accept() without toa", ev["accept"], real(ex))
         expect("getsockname without toa (rs1 itself)", ev["sock"], ep(outer, RS[outer], TCP_PORT))
         expect("TOA lookup without toa", (ev["lookup"], ev["lookup_error"]), (None, "ENOPROTOOPT"))
-        ex = rig.udp(outer, [kmod.Client(opt=OPT[outer])])[0]
+        ex = rig.udp(outer, [traffic.Client(opt=OPT[outer])])[0]
         ev = ex.event
         expect("UDP source without uoa", ev["peer"], real(ex))
         expect("UOA lookup without uoa", (ev["lookup"], ev["lookup_error"]), (None, "ENOPROTOOPT"))
@@ -210,7 +210,7 @@ def test_stats_move_by_the_exact_deltas(rig: Rig) -> None:
     """A connection without the option, then one with it; a datagram without, one with."""
     rig.ensure(toa=True, uoa=True)
     t0 = rig.quiet_toa()
-    plain, tagged = rig.tcp(4, [kmod.Client(), kmod.Client(opt=OPT[4])])
+    plain, tagged = rig.tcp(4, [traffic.Client(), traffic.Client(opt=OPT[4])])
     expect("plain connection: getpeername", plain.event["peer"], real(plain))
     expect("plain connection: lookup", plain.event["lookup_error"], "ENOENT")
     expect("tagged connection: getpeername", tagged.event["peer"], ep(4, CIP[4], 1))
@@ -228,7 +228,7 @@ def test_stats_move_by_the_exact_deltas(rig: Rig) -> None:
     expect("toa_stats deltas", d, want)
 
     u0 = kmod.stats(rig.vm, "uoa")
-    plain, tagged = rig.udp(4, [kmod.Client(), kmod.Client(opt=OPT[4])])
+    plain, tagged = rig.udp(4, [traffic.Client(), traffic.Client(opt=OPT[4])])
     u1 = kmod.stats(rig.vm, "uoa")
     expect("plain datagram: lookup", plain.event["lookup_error"], "ENOENT")
     expect("tagged datagram: lookup client", tagged.event["lookup"]["client"], ep(4, CIP[4], 1))
@@ -242,11 +242,11 @@ def test_uoa_entry_expires(rig: Rig) -> None:
     rig.vm.sh(f"echo 1 > {param}", check=True)
     try:
         bind = ("--bind", "192.0.2.1:40000")  # the same flow both times
-        first = rig.udp(4, [kmod.Client(opt=OPT[4], extra=bind)])[0].event
+        first = rig.udp(4, [traffic.Client(opt=OPT[4], extra=bind)])[0].event
         expect("lookup while fresh", first["lookup"] and first["lookup"]["client"], ep(4, CIP[4], 1))
         time.sleep(2.5)
         u0 = kmod.stats(rig.vm, "uoa")
-        second = rig.udp(4, [kmod.Client(extra=bind)])[0].event
+        second = rig.udp(4, [traffic.Client(extra=bind)])[0].event
         u1 = kmod.stats(rig.vm, "uoa")
         expect("lookup after uoa_map_timeout", (second["lookup"], second["lookup_error"]), (None, "ENOENT"))
         d = kmod.delta(u0, u1)
@@ -276,7 +276,7 @@ def test_malformed_option_is_counted_and_ignored(rig: Rig, name: str, outer: int
                                                  counter: str) -> None:  # fmt: skip
     rig.ensure(toa=True, uoa=True)
     t0 = rig.quiet_toa()
-    ex = rig.tcp(outer, [kmod.Client(raw_opt=raw)])[0]
+    ex = rig.tcp(outer, [traffic.Client(raw_opt=raw)])[0]
     t1 = rig.quiet_toa()
     expect(f"{name}: client set_raw_opt", ex.client_event("set_raw_opt")["ok"], True)
     expect(f"{name}: getpeername (the real LB, not the option)", ex.event["peer"], real(ex))
@@ -289,7 +289,7 @@ def test_malformed_option_is_counted_and_ignored(rig: Rig, name: str, outer: int
 def test_malformed_option_on_udp_is_counted_and_ignored(rig: Rig) -> None:
     rig.ensure(toa=True, uoa=True)
     u0 = kmod.stats(rig.vm, "uoa")
-    ex = rig.udp(4, [kmod.Client(raw_opt=MALFORMED[0][2])])[0]
+    ex = rig.udp(4, [traffic.Client(raw_opt=MALFORMED[0][2])])[0]
     u1 = kmod.stats(rig.vm, "uoa")
     expect("datagram source", ex.event["peer"], real(ex))
     expect("UOA lookup", (ex.event["lookup"], ex.event["lookup_error"]), (None, "ENOENT"))
@@ -299,7 +299,7 @@ def test_malformed_option_on_udp_is_counted_and_ignored(rig: Rig) -> None:
 @pytest.mark.parametrize("before", ["01010101", "1e040000"], ids=["after-nops", "after-option-30"])
 def test_option_31_among_other_ipv4_options(rig: Rig, before: str) -> None:
     rig.ensure(toa=True, uoa=True)
-    ev = rig.tcp(4, [kmod.Client(raw_opt=before + OPT44)])[0].event
+    ev = rig.tcp(4, [traffic.Client(raw_opt=before + OPT44)])[0].event
     expect("getpeername", ev["peer"], ep(4, CIP[4], 1))
     expect("getsockname", ev["sock"], ep(4, VIP[4], 2))
 
@@ -318,7 +318,7 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
     jobs = [tcp_srv, udp_srv, live_srv]
     try:
         for j, what in zip(jobs, ("tcp", "udp", "live tcp"), strict=True):
-            kmod.wait_for(j, '"event":"listening"', 15.0, f"{what} server")
+            traffic.wait_for(j, '"event":"listening"', 15.0, f"{what} server")
         # traffic: TCP connections and datagrams with the option, until told to stop
         load = lab.spawn("lb", ["sh", "-c",
             f"while [ ! -e /tmp/kmod-stop ]; do "
@@ -331,7 +331,7 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
         live = lab.spawn("lb", [art.bin("tcp_client"), "--json", "--count", "3", "--interval-ms", "1500",
                                 "--opt", c, v, RS[4], "8082"])  # fmt: skip
         jobs.append(live)
-        kmod.wait_for(live_srv, '"event":"accept"', 15.0, "the live connection")
+        traffic.wait_for(live_srv, '"event":"accept"', 15.0, "the live connection")
         entries = kmod.stats(rig.vm, "toa")["entries"]
         assert entries >= 1, f"expected the live connection to hold a toa entry, saw entries {entries}"
         ko = {m: art.module(m) for m in kmod.MODULES}
@@ -344,11 +344,11 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
         expect("insmod/rmmod cycles (exit, errors)", (cycles.returncode, cycles.stderr), (0, ""))
         expect("cycles done", cycles.stdout.split(), [f"cycle-{i}" for i in range(1, CYCLES + 1)])
         expect("live client exit", live.wait(30), 0)
-        done = [e for e in kmod.events(live.output()[0]) if e.get("event") == "done"]
+        done = [e for e in traffic.events(live.output()[0]) if e.get("event") == "done"]
         expect("live connection survived rmmod (client's done event)", done, [{"event": "done",
                "sent": 3, "bytes": 192}])  # fmt: skip
         expect("live server exit", live_srv.wait(30), 0)
-        closes = [e for e in kmod.events(live_srv.output()[0]) if e.get("event") == "close"]
+        closes = [e for e in traffic.events(live_srv.output()[0]) if e.get("event") == "close"]
         expect("live server read all (bytes)", [e.get("bytes") for e in closes], [192])
         time.sleep(0.5)
         rig.vm.sh("touch /tmp/kmod-stop", check=True)
@@ -365,7 +365,7 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
             if j.running:
                 j.terminate()
     expect("modules after the cycles", kmod.loaded(rig.vm), {"toa", "uoa"})
-    ev = rig.tcp(4, [kmod.Client(opt=OPT[4])])[0].event
+    ev = rig.tcp(4, [traffic.Client(opt=OPT[4])])[0].event
     expect("getpeername after the cycles", ev["peer"], ep(4, CIP[4], 1))
     expect("kernel log after the cycles (WARNING/BUG/Oops)", kmod.dmesg_problems(rig.vm, rig.log_mark), [])
 
@@ -393,7 +393,7 @@ def test_a_getname_hook_conflict_is_refused_with_one_line(rig: Rig) -> None:
     finally:
         kmod.unload(rig.vm, "ipmodify_holder")
     rig.ensure(toa=True, uoa=True)
-    ev = rig.tcp(4, [kmod.Client(opt=OPT[4])])[0].event
+    ev = rig.tcp(4, [traffic.Client(opt=OPT[4])])[0].event
     expect("getpeername once toa loaded after all", ev["peer"], ep(4, CIP[4], 1))
 
 
