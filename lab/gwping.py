@@ -205,11 +205,11 @@ def program_ops(topo: Topology, namespaces: dict[str, str]) -> list[ProgOp]:
     atts = xdp_attachments(topo)
     ends = {(a.node, a.ifname) for a in atts} | {peer_of(topo, a.node, a.ifname) for a in atts}
     ops: list[ProgOp] = [TxCsumOff(namespaces[node], ifname) for node, ifname in sorted(ends)]
-    for att in atts:
-        ns = namespaces[att.node]
-        ops.append(XdpAttach(ns, att.ifname, att.prog, att.mode, att.sec))
+    ops += [XdpAttach(namespaces[a.node], a.ifname, a.prog, a.mode, a.sec) for a in atts]
+    for att in atts:  # the tables once every program is attached
         if att.forward is None:
             continue
+        ns = namespaces[att.node]
         pnode, pif = peer_of(topo, att.node, att.forward)
         smac, dmac = _mac(mac_of(att.node, att.forward)), _mac(mac_of(pnode, pif))
         value = Blob.of(IfIndex(ns, att.forward), smac, dmac)

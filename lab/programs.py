@@ -7,7 +7,9 @@ programs' control planes, lab/lb.py and lab/gwping.py): MAC addresses come
 from the plan (mac_of), and an interface index, which exists only once the
 interface does, is an ``IfIndex`` placeholder that ``apply`` fills in.  So
 the LB's and gwping's tables can be checked without a kernel, and every
-engine executes the same ops through its kernel handle (lab/kernel.py).
+engine executes the same ops through its kernel handle (lab/kernel.py), in
+three round trips however many ops there are (one script, one query, one
+script of map updates).
 
 Everything lives in the lab's namespaces or under ``pin_dir(lab)``: removing
 the namespaces and ``teardown`` (the pins) undoes it all.
@@ -15,6 +17,9 @@ the namespaces and ``teardown`` (the pins) undoes it all.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -135,10 +140,12 @@ ProgOp = TxCsumOff | VxlanDev | XdpAttach | ProgLoad | XdpAttachPinned | MapUpda
 
 def for_topology(topo: Topology, namespaces: dict[str, str], lab: str) -> list[ProgOp]:
     """Every program a topology implies, from its control planes: the gateway
-    data planes of its ports (params.xdp), then the fullnat LB of its services."""
+    data planes of its ports (params.xdp) and the fullnat LB of its services;
+    the map entries last, once every program they fill is attached."""
     from lab import gwping, lb  # they read the plan's MACs (lab.plan.mac_of)
 
-    return [*gwping.program_ops(topo, namespaces), *lb.program_ops(topo, namespaces, lab)]
+    ops = [*gwping.program_ops(topo, namespaces), *lb.program_ops(topo, namespaces, lab)]
+    return [o for o in ops if not isinstance(o, MapUpdate)] + [o for o in ops if isinstance(o, MapUpdate)]
 
 
 def describe(op: ProgOp) -> str:
@@ -163,75 +170,156 @@ def objects(ops: Iterable[ProgOp]) -> list[str]:
 
 
 def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
-    """Run the ops in the kernel, in order.  A failure is a LabError naming the op;
-    what ran before it is the caller's to undo (the engine's down)."""
+    """Run the ops in the kernel, in three round trips whatever their number: one
+    shell script for the programs, devices and attachments (one ip -batch per
+    namespace), one query for the interface indexes and map ids, one script of
+    bpftool map updates.  Under TCG a process costs tens of milliseconds
+    in a guest, so the count matters more than anything else.  A failure is a
+    LabError with the failing command's message; what ran before it is the
+    caller's to undo (the engine's down)."""
     if not ops:
         return
     from lab import bpf  # builds the objects on the host on first use
 
     paths = {name: bpf.obj_path(name) for name in objects(ops)}
     kernel.provide(paths.values())
-    if any(isinstance(op, ProgLoad) for op in ops):
-        kernel.ensure_bpffs()
-    ifindexes: dict[tuple[str, str], int] = {}
+    updates = [op for op in ops if isinstance(op, MapUpdate)]
+    setup = [op for op in ops if not isinstance(op, MapUpdate)]
+    if ops[len(setup) :] != updates:
+        raise LabError("programs: every map entry must come after the programs it fills")
+    if setup:
+        kernel.run(["sh", "-c", setup_script(setup, paths)], "attaching the programs", timeout=180)
+    if updates:
+        ifindex, map_id = _resolve(kernel, updates)
+        lines = []
+        for op in updates:
+            key, value = op.key.resolve(ifindex), op.value.resolve(ifindex)
+            where = f"id {map_id(op.where, op.map)}" if isinstance(op.where, Attached) else (
+                f"pinned {_tok(op.where)}/maps/{_tok(op.map)}")  # fmt: skip
+            lines.append(f"map update {where} key {' '.join(_hex(key))} value {' '.join(_hex(value))}")
+        kernel.run(["sh", "-c", _bpftool_each(lines)], f"filling {len(lines)} map entries", timeout=180)
+
+
+def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
+    """The shell script of everything but the map entries, in phases: programs
+    loaded and pinned, vxlan devices, offloads, attachments."""
+    out = ["set -e"]
+    loads = [op for op in ops if isinstance(op, ProgLoad)]
+    if loads:
+        out.append("grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf")
+    for op in loads:
+        pin = shlex.quote(op.pin)
+        out.append(f"rm -rf {pin} && mkdir -p {pin}/maps")
+        obj = shlex.quote(str(paths[op.obj]))
+        out.append(f"bpftool prog load {obj} {pin}/prog type xdp pinmaps {pin}/maps")
+    devs: dict[str, list[str]] = {}  # ip -batch lines per namespace: devices, then attachments
+    attach: dict[str, list[str]] = {}
+    pinned: dict[str, list[str]] = {}  # bpftool commands per namespace
+    shell_ns: dict[str, list[str]] = {}  # commands inside the namespace, once its devices exist
+    for op in ops:
+        match op:
+            case VxlanDev():
+                devs.setdefault(op.ns, []).extend([
+                    f"link add {_tok(op.dev)} address {_tok(op.mac)} type vxlan id {op.vni} "
+                    f"local {_tok(op.local)} dstport {op.dstport} dev {_tok(op.lower)}",
+                    f"link set {_tok(op.dev)} up",
+                ])  # fmt: skip
+                for conf in ("all", op.dev, op.lower):
+                    rp = f"/proc/sys/net/ipv4/conf/{_tok(conf)}/rp_filter"
+                    shell_ns.setdefault(op.ns, []).append(f"echo 0 > {rp}")
+            case TxCsumOff():
+                shell_ns.setdefault(op.ns, []).append(f"ethtool -K {_tok(op.ifname)} tx off >/dev/null")
+    out += [_ip_batch(ns, lines) for ns, lines in devs.items()]
+    for ns, cmds in shell_ns.items():
+        out.append(f"ip netns exec {_tok(ns)} sh -c {shlex.quote('set -e; ' + '; '.join(cmds))}")
+    for op in ops:
+        match op:
+            case XdpAttach():
+                flag = {"drv": "xdpdrv", "generic": "xdpgeneric"}[op.mode]
+                obj = _tok(str(paths[op.obj]))
+                line = f"link set dev {_tok(op.ifname)} {flag} obj {obj} sec {_tok(op.sec)}"
+                attach.setdefault(op.ns, []).append(line)
+            case XdpAttachPinned():
+                line = f"net attach xdpdrv pinned {_tok(op.pin)}/prog dev {_tok(op.ifname)} overwrite"
+                pinned.setdefault(op.ns, []).append(line)
+    out += [_ip_batch(ns, lines) for ns, lines in attach.items()]
+    # bpftool in the namespace's network only: ip -n would remount /sys, hiding the bpffs
+    out += [_bpftool_each(lines, f"nsenter --net=/run/netns/{_tok(ns)} ") for ns, lines in pinned.items()]
+    return "\n".join(out) + "\n"
+
+
+def _bpftool_each(lines: list[str], prefix: str = "") -> str:
+    """Shell that runs each of `lines` as a bpftool command, stopping at the first
+    failure.  Not `bpftool batch`: Debian's bpftool 7.1 judges a batch by the
+    errno its last command left behind, and fails a batch of map updates that all
+    succeeded in the 6.1 guest ("reading batch file failed: Resource temporarily
+    unavailable")."""
+    return "set -e\n" + "".join(f"{prefix}bpftool {line} >/dev/null\n" for line in lines)
+
+
+def _ip_batch(ns: str, lines: list[str]) -> str:
+    return f"ip -n {_tok(ns)} -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF"
+
+
+def _resolve(
+    kernel: KernelHandle, updates: Sequence[MapUpdate]
+) -> tuple[Callable[[str, str], int], Callable[[str | Attached, str], int]]:
+    """One query for what the entries refer to: the links of every namespace
+    involved (interface indexes, attached programs) and, when a program was
+    attached by iproute2, the programs' and maps' ids."""
+    refs = {p.ns for op in updates for b in (op.key, op.value) for p in b.parts if isinstance(p, IfIndex)}
+    nss = sorted(refs | {op.where.ns for op in updates if isinstance(op.where, Attached)})
+    ids = any(isinstance(op.where, Attached) for op in updates)
+    parts = [f"echo '@ns {_tok(ns)}'; ip -n {_tok(ns)} -j -d link show" for ns in nss]
+    if ids:
+        parts += ["echo '@progs'; bpftool -j prog show", "echo '@maps'; bpftool -j map show"]
+    out = kernel.run(["sh", "-c", "; ".join(parts)], "reading interfaces and map ids")
+    links: dict[str, dict[str, dict]] = {}
+    progs: list[dict] = []
+    maps: list[dict] = []
+    for section in out.split("@")[1:]:
+        head, _, body = section.partition("\n")
+        data = json.loads(body) if body.strip() else []
+        if head.startswith("ns "):
+            links[head[3:].strip()] = {str(ln["ifname"]): ln for ln in data}
+        elif head.strip() == "progs":
+            progs = data
+        elif head.strip() == "maps":
+            maps = data
+
+    def link(ns: str, ifname: str) -> dict:
+        try:
+            return links[ns][ifname]
+        except KeyError:
+            raise LabError(f"no interface {ifname} in {ns}") from None
 
     def ifindex(ns: str, ifname: str) -> int:
-        if (ns, ifname) not in ifindexes:
-            ifindexes[ns, ifname] = kernel.ifindex(ns, ifname)
-        return ifindexes[ns, ifname]
+        return int(link(ns, ifname)["ifindex"])
 
-    maps: dict[Attached, dict[str, int]] = {}
-    for op in ops:
-        try:
-            _apply(kernel, op, paths, ifindex, maps)
-        except LabError as e:
-            raise LabError(f"{describe(op)}: {e}") from None
+    def map_id(where: str | Attached, name: str) -> int:
+        assert isinstance(where, Attached)
+        xdp = link(where.ns, where.ifname).get("xdp") or {}
+        pid = (xdp.get("prog") or {}).get("id") or next(
+            (a["prog"]["id"] for a in xdp.get("attached", []) if "prog" in a), None)  # fmt: skip
+        if pid is None:
+            raise LabError(f"no XDP program on {where.ns}:{where.ifname}")
+        mids = next((p.get("map_ids", []) for p in progs if p.get("id") == pid), [])
+        for m in maps:
+            if m.get("id") in mids and m.get("name") == name[:15]:  # the kernel keeps 15 characters
+                return int(m["id"])
+        raise LabError(f"the program on {where.ns}:{where.ifname} has no map {name}")
+
+    return ifindex, map_id
 
 
-def _apply(
-    k: KernelHandle,
-    op: ProgOp,
-    paths: dict[str, Path],
-    ifindex: Callable[[str, str], int],
-    maps: dict[Attached, dict[str, int]],
-) -> None:
-    match op:
-        case TxCsumOff():
-            k.tx_checksum_off(op.ns, op.ifname)
-        case VxlanDev():
-            k.run(["ip", "-n", op.ns, "link", "add", op.dev, "address", op.mac, "type", "vxlan",
-                   "id", str(op.vni), "local", op.local, "dstport", str(op.dstport), "dev", op.lower],
-                  "creating the device")  # fmt: skip
-            k.run(["ip", "-n", op.ns, "link", "set", op.dev, "up"], "bringing it up")
-            for conf in ("all", op.dev, op.lower):
-                k.sysctl(op.ns, f"net.ipv4.conf.{conf}.rp_filter", 0)
-        case XdpAttach():
-            k.attach_xdp(op.ns, op.ifname, paths[op.obj], sec=op.sec, mode=op.mode)
-        case ProgLoad():
-            k.exec(["rm", "-rf", op.pin])
-            k.run(["mkdir", "-p", f"{op.pin}/maps"], f"creating {op.pin}")
-            k.run(["bpftool", "prog", "load", str(paths[op.obj]), f"{op.pin}/prog", "type", "xdp",
-                   "pinmaps", f"{op.pin}/maps"], "bpftool prog load")  # fmt: skip
-        case XdpAttachPinned():
-            k.run(["nsenter", f"--net=/run/netns/{op.ns}", "bpftool", "net", "attach", "xdpdrv", "pinned",
-                   f"{op.pin}/prog", "dev", op.ifname, "overwrite"], "bpftool net attach")  # fmt: skip
-        case MapUpdate():
-            key, value = op.key.resolve(ifindex), op.value.resolve(ifindex)
-            if isinstance(op.where, Attached):
-                if op.where not in maps:
-                    pid = k.xdp_prog_id(op.where.ns, op.where.ifname)
-                    if pid is None:
-                        raise LabError(f"no XDP program on {op.where.ns}:{op.where.ifname}")
-                    maps[op.where] = k.prog_map_ids(pid)
-                mid = maps[op.where].get(op.map[:15])  # the kernel keeps 15 characters
-                if mid is None:
-                    raise LabError(f"the program has no map {op.map}")
-                k.map_update(mid, key, value)
-            else:
-                k.bpftool(["map", "update", "pinned", f"{op.where}/maps/{op.map}",
-                           "key", *_hex(key), "value", *_hex(value)])  # fmt: skip
-        case _:
-            raise TypeError(f"not a program op: {op!r}")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:/%+-]+$")
+
+
+def _tok(s: str) -> str:
+    """A word of an ip -batch line or a bpftool command: names, addresses, paths."""
+    if not _TOKEN.match(s):
+        raise LabError(f"refusing {s!r} in a batch line (names, addresses and paths without spaces only)")
+    return s
 
 
 def _hex(b: bytes) -> list[str]:

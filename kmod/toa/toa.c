@@ -462,6 +462,7 @@ struct toa_hook {
 	void *wrapper;
 	toa_getname_t exported;	/* the original, by its symbol */
 	toa_getname_t orig;	/* what the wrapper calls (toa_getname_orig) */
+	unsigned long site;	/* its fentry call site: the callback's @ip */
 	struct ftrace_ops ops;
 	bool registered;
 };
@@ -507,13 +508,31 @@ static struct toa_hook toa_hooks[] = {
 /* int inet{,6}_getname(struct socket *sock, struct sockaddr *uaddr,
  *			int peer)
  */
+/*
+ * The hook whose fentry call site is @ip, or NULL.  The callback picks its
+ * hook by the traced address, not by container_of(@ops): both hooks share
+ * the callback, and while ftrace moves call sites between trampolines
+ * (another ops registering, as on every insmod under traffic) a call may
+ * reach it with ops that are not the ones of its site.  A call that
+ * matches no hook is left alone.
+ */
+static const struct toa_hook *toa_hook_at(unsigned long ip)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(toa_hooks); i++)
+		if (READ_ONCE(toa_hooks[i].site) == ip)
+			return &toa_hooks[i];
+	return NULL;
+}
+
 static void notrace toa_getname_ftrace(unsigned long ip,
 				       unsigned long parent_ip,
 				       struct ftrace_ops *ops,
 				       struct ftrace_regs *fregs)
 {
-	struct toa_hook *h = container_of(ops, struct toa_hook, ops);
 	struct pt_regs *regs = ftrace_get_regs(fregs);
+	const struct toa_hook *h;
 	const struct socket *sock;
 	const struct sock *sk;
 
@@ -522,6 +541,10 @@ static void notrace toa_getname_ftrace(unsigned long ip,
 		return;
 	/* most calls: nothing stored, or not TCP */
 	if (!atomic_read(&toa_nr_entries))
+		return;
+	/* no regs to redirect (a caller without SAVE_REGS), or not our site */
+	h = regs ? toa_hook_at(ip) : NULL;
+	if (!h)
 		return;
 	sock = (const struct socket *)regs_get_kernel_argument(regs, 0);
 	sk = sock ? READ_ONCE(sock->sk) : NULL;
@@ -580,12 +603,13 @@ static void toa_unregister_hooks(void)
 	for (i = 0; i < ARRAY_SIZE(toa_hooks); i++) {
 		struct toa_hook *h = &toa_hooks[i];
 
-		if (!h->registered)
-			continue;
-		/* ftrace_shutdown(): no callback runs once this returns */
-		unregister_ftrace_function(&h->ops);
-		ftrace_free_filter(&h->ops);
-		h->registered = false;
+		if (h->registered) {
+			/* ftrace_shutdown(): no callback runs once it returns */
+			unregister_ftrace_function(&h->ops);
+			ftrace_free_filter(&h->ops);
+			h->registered = false;
+		}
+		WRITE_ONCE(h->site, 0);
 	}
 	/* redirected calls still inside a wrapper (lock_sock may sleep) */
 	while (toa_getname_busy_sum())
@@ -610,6 +634,7 @@ static int toa_register_hooks(void)
 			goto fail;
 		}
 		h->orig = toa_getname_orig(addr, h->exported);
+		WRITE_ONCE(h->site, addr);
 		err = ftrace_set_filter_ip(&h->ops, addr, 0, 0);
 		if (err) {
 			pr_err("not loading: ftrace cannot filter %s: %d\n",
