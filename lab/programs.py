@@ -148,23 +148,6 @@ def for_topology(topo: Topology, namespaces: dict[str, str], lab: str) -> list[P
     return [o for o in ops if not isinstance(o, MapUpdate)] + [o for o in ops if isinstance(o, MapUpdate)]
 
 
-def describe(op: ProgOp) -> str:
-    match op:
-        case TxCsumOff():
-            return f"tx checksum offload off on {op.ns}:{op.ifname}"
-        case VxlanDev():
-            return f"vxlan device {op.dev} (vni {op.vni}) on {op.ns}"
-        case XdpAttach():
-            return f"{op.obj}.o on {op.ns}:{op.ifname}"
-        case ProgLoad():
-            return f"loading {op.obj}.o pinned at {op.pin}"
-        case XdpAttachPinned():
-            return f"{op.pin} on {op.ns}:{op.ifname}"
-        case MapUpdate():
-            return f"map {op.map} of {op.where}"
-    raise TypeError(op)
-
-
 def objects(ops: Iterable[ProgOp]) -> list[str]:
     return sorted({op.obj for op in ops if isinstance(op, XdpAttach | ProgLoad)})
 
@@ -352,9 +335,3 @@ def teardown_all(kernel: KernelHandle) -> list[str]:
     for lab in labs:
         teardown(kernel, lab)
     return [str(pin_dir(lab)) for lab in labs]
-
-
-__all__ = [
-    "PIN_ROOT", "Attached", "Blob", "IfIndex", "MapUpdate", "ProgLoad", "ProgOp", "TxCsumOff",
-    "VxlanDev", "XdpAttach", "XdpAttachPinned", "apply", "describe", "pin_dir", "teardown",
-]  # fmt: skip
