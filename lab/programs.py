@@ -9,7 +9,7 @@ interface does, is an ``IfIndex`` placeholder that ``apply`` fills in.  So
 the LB's and gwping's tables can be checked without a kernel, and every
 engine executes the same ops through its kernel handle (lab/kernel.py), in
 three round trips however many ops there are (one script, one query, one
-script of map updates).
+bpftool batch).
 
 Everything lives in the lab's namespaces or under ``pin_dir(lab)``: removing
 the namespaces and ``teardown`` (the pins) undoes it all.
@@ -155,8 +155,8 @@ def objects(ops: Iterable[ProgOp]) -> list[str]:
 def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
     """Run the ops in the kernel, in three round trips whatever their number: one
     shell script for the programs, devices and attachments (one ip -batch per
-    namespace), one query for the interface indexes and map ids, one script of
-    bpftool map updates.  Under TCG a process costs tens of milliseconds
+    namespace), one query for the interface indexes and map ids, one bpftool
+    batch of map updates.  Under TCG a process costs tens of milliseconds
     in a guest, so the count matters more than anything else.  A failure is a
     LabError with the failing command's message; what ran before it is the
     caller's to undo (the engine's down)."""
@@ -180,7 +180,7 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
             where = f"id {map_id(op.where, op.map)}" if isinstance(op.where, Attached) else (
                 f"pinned {_tok(op.where)}/maps/{_tok(op.map)}")  # fmt: skip
             lines.append(f"map update {where} key {' '.join(_hex(key))} value {' '.join(_hex(value))}")
-        kernel.run(["sh", "-c", _bpftool_each(lines)], f"filling {len(lines)} map entries", timeout=180)
+        kernel.run(["sh", "-c", _bpftool_batch(lines)], f"filling {len(lines)} map entries", timeout=180)
 
 
 def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
@@ -197,7 +197,7 @@ def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
         out.append(f"bpftool prog load {obj} {pin}/prog type xdp pinmaps {pin}/maps")
     devs: dict[str, list[str]] = {}  # ip -batch lines per namespace: devices, then attachments
     attach: dict[str, list[str]] = {}
-    pinned: dict[str, list[str]] = {}  # bpftool commands per namespace
+    pinned: dict[str, list[str]] = {}  # bpftool batch lines per namespace
     shell_ns: dict[str, list[str]] = {}  # commands inside the namespace, once its devices exist
     for op in ops:
         match op:
@@ -227,17 +227,24 @@ def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
                 pinned.setdefault(op.ns, []).append(line)
     out += [_ip_batch(ns, lines) for ns, lines in attach.items()]
     # bpftool in the namespace's network only: ip -n would remount /sys, hiding the bpffs
-    out += [_bpftool_each(lines, f"nsenter --net=/run/netns/{_tok(ns)} ") for ns, lines in pinned.items()]
+    out += [_bpftool_batch(lines, f"nsenter --net=/run/netns/{_tok(ns)} ") for ns, lines in pinned.items()]
     return "\n".join(out) + "\n"
 
 
-def _bpftool_each(lines: list[str], prefix: str = "") -> str:
-    """Shell that runs each of `lines` as a bpftool command, stopping at the first
-    failure.  Not `bpftool batch`: Debian's bpftool 7.1 judges a batch by the
-    errno its last command left behind, and fails a batch of map updates that all
-    succeeded in the 6.1 guest ("reading batch file failed: Resource temporarily
-    unavailable")."""
-    return "set -e\n" + "".join(f"{prefix}bpftool {line} >/dev/null\n" for line in lines)
+def _bpftool_batch(lines: list[str], prefix: str = "") -> str:
+    """Shell that runs `lines` as one bpftool batch (one process: bpftool takes
+    ~0.2 s to start in a TCG guest), stopping at the first failing command.
+
+    Debian's bpftool 7.1 judges a finished batch by whatever errno its last
+    command left behind, and in the 6.1 guest a successful map update leaves
+    EAGAIN ("reading batch file failed: Resource temporarily unavailable").  A
+    final `prog show` walks the program ids until ENOENT, which it accepts.
+    The lines go through a file: a here-document on stdin fails there too."""
+    words = " ".join(shlex.quote(line) for line in [*lines, "prog show"])
+    return (
+        "f=$(mktemp /tmp/toalab-bpftool.XXXXXX) && printf '%s\\n' " + words + ' > "$f" && '
+        f'{{ {prefix}bpftool batch file "$f" >/dev/null; rc=$?; rm -f "$f"; [ $rc = 0 ]; }}'
+    )
 
 
 def _ip_batch(ns: str, lines: list[str]) -> str:
