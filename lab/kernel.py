@@ -163,14 +163,7 @@ class KernelHandle:
 
     # -- XDP ------------------------------------------------------------------------------------
     def xdp_prog_id(self, netns: str | None, ifname: str) -> int | None:
-        xdp = self.link(netns, ifname).get("xdp") or {}
-        prog = xdp.get("prog") or {}
-        if "id" in prog:
-            return int(prog["id"])
-        for att in xdp.get("attached", []):
-            if "prog" in att:
-                return int(att["prog"]["id"])
-        return None
+        return xdp_prog_of(self.link(netns, ifname))
 
     def xdp_mode(self, netns: str | None, ifname: str) -> str | None:
         """'drv', 'generic', 'hw' or None as iproute2 reports the attachment."""
@@ -234,10 +227,10 @@ class KernelHandle:
         raise KernelError(f"program {prog_id} uses no map named {name} (maps: {', '.join(ids) or 'none'})")
 
     def map_update(self, mid: int, key: bytes, value: bytes) -> None:
-        self.bpftool(["map", "update", "id", str(mid), "key", *_hexwords(key), "value", *_hexwords(value)])
+        self.bpftool(["map", "update", "id", str(mid), "key", *hexwords(key), "value", *hexwords(value)])
 
     def map_delete(self, mid: int, key: bytes) -> None:
-        self.bpftool(["map", "delete", "id", str(mid), "key", *_hexwords(key)])
+        self.bpftool(["map", "delete", "id", str(mid), "key", *hexwords(key)])
 
     def map_dump(self, mid: int) -> list[MapEntry]:
         """All entries of a live map; per-CPU maps give one value per CPU."""
@@ -253,7 +246,20 @@ class KernelHandle:
         return out
 
 
-def _hexwords(b: bytes) -> list[str]:
+def xdp_prog_of(link: dict) -> int | None:
+    """The id of the XDP program on a link as `ip -j -d link show` reports it."""
+    xdp = link.get("xdp") or {}
+    prog = xdp.get("prog") or {}
+    if "id" in prog:
+        return int(prog["id"])
+    for att in xdp.get("attached", []):
+        if "prog" in att:
+            return int(att["prog"]["id"])
+    return None
+
+
+def hexwords(b: bytes) -> list[str]:
+    """Bytes as bpftool takes them (0x01 0x02 ...)."""
     return [f"0x{x:02x}" for x in b]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab.errors import LabError
-from lab.kernel import KernelHandle
+from lab.kernel import XDP_MODES, KernelHandle, hexwords, xdp_prog_of
 
 if TYPE_CHECKING:
     from lab.topology import Topology
@@ -179,7 +179,8 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
             key, value = op.key.resolve(ifindex), op.value.resolve(ifindex)
             where = f"id {map_id(op.where, op.map)}" if isinstance(op.where, Attached) else (
                 f"pinned {_tok(op.where)}/maps/{_tok(op.map)}")  # fmt: skip
-            lines.append(f"map update {where} key {' '.join(_hex(key))} value {' '.join(_hex(value))}")
+            kv = f"key {' '.join(hexwords(key))} value {' '.join(hexwords(value))}"
+            lines.append(f"map update {where} {kv}")
         kernel.run(["sh", "-c", _bpftool_batch(lines)], f"filling {len(lines)} map entries", timeout=180)
 
 
@@ -218,7 +219,7 @@ def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
     for op in ops:
         match op:
             case XdpAttach():
-                flag = {"drv": "xdpdrv", "generic": "xdpgeneric"}[op.mode]
+                flag = XDP_MODES[op.mode]
                 obj = _tok(str(paths[op.obj]))
                 line = f"link set dev {_tok(op.ifname)} {flag} obj {obj} sec {_tok(op.sec)}"
                 attach.setdefault(op.ns, []).append(line)
@@ -288,9 +289,7 @@ def _resolve(
 
     def map_id(where: str | Attached, name: str) -> int:
         assert isinstance(where, Attached)
-        xdp = link(where.ns, where.ifname).get("xdp") or {}
-        pid = (xdp.get("prog") or {}).get("id") or next(
-            (a["prog"]["id"] for a in xdp.get("attached", []) if "prog" in a), None)  # fmt: skip
+        pid = xdp_prog_of(link(where.ns, where.ifname))
         if pid is None:
             raise LabError(f"no XDP program on {where.ns}:{where.ifname}")
         mids = next((p.get("map_ids", []) for p in progs if p.get("id") == pid), [])
@@ -310,10 +309,6 @@ def _tok(s: str) -> str:
     if not _TOKEN.match(s):
         raise LabError(f"refusing {s!r} in a batch line (names, addresses and paths without spaces only)")
     return s
-
-
-def _hex(b: bytes) -> list[str]:
-    return [f"0x{x:02x}" for x in b]
 
 
 def undo(kernel: KernelHandle, ops: Sequence[ProgOp], lab: str) -> None:
