@@ -27,7 +27,7 @@ build: $(BOOTSTRAP) $(SUBDIRS)
 $(SUBDIRS): $(BOOTSTRAP)
 	@$(MAKE) --no-print-directory -C $@ PYTHON=$(abspath $(PY))
 
-demo: build ## the main job: bring up fullnat-4to4 and show the option reach a real server
+demo: build ## the main job: the whole path in a guest, without and with toa.ko/uoa.ko
 	@$(PY) -m lab.demo
 
 lint: $(BOOTSTRAP) ## ruff over the Python code
@@ -40,7 +40,7 @@ KERNEL_REPORT := build/kernels/report.jsonl
 test-kernels: build ## the VM suites on every series x flavour; the table goes to kmod/README.md
 	@mkdir -p $(dir $(KERNEL_REPORT)) && rm -f $(KERNEL_REPORT)
 	@$(PYTEST) -q -ra --kernels=all --kernel-report=$(KERNEL_REPORT) \
-		tests/test_kmod_vm.py tests/test_bpf_vm.py tests/test_lb_toa_vm.py $(PYTEST_ARGS); rc=$$?; \
+		tests/test_kmod_vm.py tests/test_bpf_vm.py tests/test_scenarios.py $(PYTEST_ARGS); rc=$$?; \
 	$(PY) scripts/kernel_table.py $(KERNEL_REPORT) --readme kmod/README.md || rc=1; exit $$rc
 
 test-fast: $(BOOTSTRAP) ## unit tests only, no root features

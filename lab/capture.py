@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -28,6 +30,11 @@ class Capture:
         self.job: Job | None = None
 
     def __enter__(self) -> Capture:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def start(self) -> None:
         # -Z root: Debian's tcpdump otherwise drops to a user that cannot write
         # the pcap; --immediate-mode: no 1 s block timeout holding packets back
         argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
@@ -35,15 +42,17 @@ class Capture:
         if self.filter:
             argv.append(self.filter)
         self.job = self.lab.spawn(self.node, argv)
-        deadline = time.monotonic() + 10
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        assert self.job is not None, "start() first"
+        deadline = time.monotonic() + timeout
         while "listening on" not in self.job.output()[1]:
             if not self.job.running:
                 raise LabError(f"tcpdump on {self.node}:{self.ifname} failed: {self.job.output()[1].strip()}")
             if time.monotonic() > deadline:
                 self.job.terminate()
-                raise LabError(f"tcpdump on {self.node}:{self.ifname} did not start within 10 s")
+                raise LabError(f"tcpdump on {self.node}:{self.ifname} did not start within {timeout:.0f} s")
             time.sleep(0.02)
-        return self
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
@@ -51,3 +60,22 @@ class Capture:
         if self.job is not None:
             time.sleep(0.05)  # let the last packets of the body reach the capture
             self.job.terminate()
+
+
+@contextlib.contextmanager
+def captures(lab: Lab, points: Sequence[tuple[str, str]], directory: Path) -> Iterator[list[Capture]]:
+    """A capture on every (node, interface), started together: the body runs once
+    all of them listen; NODE-IF.pcap each, in directory."""
+    caps = [Capture(lab, node, ifname, directory / f"{node}-{ifname}.pcap") for node, ifname in points]
+    try:
+        for cap in caps:
+            cap.start()
+        for cap in caps:
+            cap.wait_ready()
+        yield caps
+    finally:
+        if caps:
+            time.sleep(0.05)  # let the last packets of the body reach the captures
+        for cap in caps:
+            if cap.job is not None and cap.job.running:
+                cap.job.terminate()

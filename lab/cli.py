@@ -6,7 +6,9 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from lab import __version__
 from lab.errors import LabError
@@ -117,6 +119,59 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from lab import scenario
+
+    table = scenario.load()
+    width = max(len(i) for i in table)
+    for sc in table.values():
+        print(f"{sc.id:<{width}}  {sc.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lab import scenario
+
+    scs = scenario.select(args.ids) if args.command == "run" else list(scenario.load().values())
+    engine = args.engine or ("vm" if any(sc.modules for sc in scs) else "host")
+    t0 = time.monotonic()
+    runner = scenario.Runner(engine, kernel=args.kernel, out=args.out,
+                             progress=lambda m: print(f"[{engine}] {m}", file=sys.stderr))  # fmt: skip
+    if args.command == "matrix":
+        fit = [sc for sc in scs if not runner.fits(sc)]
+        print(f"{len(fit)} of {len(scs)} scenarios fit the {engine} engine; results in {runner.out}")
+    print(scenario.table_header())
+
+    def row(res: scenario.Result) -> None:
+        print(scenario.table_row(res), flush=True)
+
+    with runner:
+        results = runner.run(scs, on_result=row)
+    wall = time.monotonic() - t0
+    counts = {v: sum(r.verdict == v for r in results) for v in ("pass", "fail", "skip")}
+    boot = runner.timings.get("boot_s")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped in {wall:.1f} s"
+          + (f" (guest boot {boot:.1f} s)" if boot else "") + f"; results in {runner.out}")  # fmt: skip
+    summary = {"engine": engine, "kernel": runner.kernel_info, "wall_s": round(wall, 2),
+               "timings": runner.timings, "results": [r.to_json() for r in results]}  # fmt: skip
+    (runner.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+    if args.junit:
+        Path(args.junit).write_text(scenario.junit(results))
+    return 1 if counts["fail"] else 0
+
+
+def _scenario_opts(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--engine", choices=("host", "vm"),
+                   help="default: vm when a scenario needs the modules, else host")  # fmt: skip
+    s.add_argument("--kernel", metavar="K", help="vm engine: kernel series[-flavour] or release")
+    s.add_argument("--out", metavar="RUN_DIR", type=Path, help="default: build/runs/<date-time>")
+    s.add_argument("--json", metavar="FILE", help="write every result as JSON")
+    s.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    s.set_defaults(func=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="toalab",
@@ -158,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lab", "-L")
     s.add_argument("node")
     s.set_defaults(func=cmd_shell)
+
+    s = sub.add_parser("list", help="the scenarios, with a line each")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("run", help="run scenarios by id: toalab run fullnat-6to4-udp ...")
+    s.add_argument("ids", nargs="+", metavar="ID")
+    _scenario_opts(s)
+
+    s = sub.add_parser("matrix", help="every scenario that fits the engine (one guest boot)")
+    _scenario_opts(s)
 
     s = sub.add_parser("decode", help="print the address option of every packet in a pcap")
     s.add_argument("pcap")

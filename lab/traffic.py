@@ -199,71 +199,112 @@ def wait_for(job: Any, needle: str, timeout: float, what: str) -> None:
 
 # -- through a VIP ------------------------------------------------------------------------------
 @dataclass
-class VipExchange:
-    """One TCP connection and one UDP datagram from a client to VIP:vport, as both
-    ends saw them: the clients' own events, which real server took each, and that
-    server's accept / datagram event (peer, sock, accept, lookup)."""
+class VipFlow:
+    """One TCP connection or one UDP datagram from a client to VIP:vport, as both
+    ends saw it: the client's own connect event (its sock is the client's
+    address), which real server took it, and that server's accept / datagram
+    event (peer, sock, accept, lookup)."""
 
-    tcp_client: dict[str, Any]  # the client's connect event: sock is its own address
-    udp_client: dict[str, Any]
-    tcp_server: str
-    udp_server: str
-    accept: dict[str, Any]
-    datagram: dict[str, Any]
-    udp_reply: bool  # the server's echo came back to the client
+    proto: str
+    client: dict[str, Any]
+    server: str
+    event: dict[str, Any]
+    reply: bool  # UDP: the server's echo came back to the client; TCP: the connection closed cleanly
+
+
+@dataclass
+class VipExchange:
+    """One TCP connection and one UDP datagram through the VIP (vip_exchange)."""
+
+    tcp: VipFlow
+    udp: VipFlow
+
+    @property
+    def tcp_client(self) -> dict[str, Any]:
+        return self.tcp.client
+
+    @property
+    def udp_client(self) -> dict[str, Any]:
+        return self.udp.client
+
+    @property
+    def tcp_server(self) -> str:
+        return self.tcp.server
+
+    @property
+    def udp_server(self) -> str:
+        return self.udp.server
+
+    @property
+    def accept(self) -> dict[str, Any]:
+        return self.tcp.event
+
+    @property
+    def datagram(self) -> dict[str, Any]:
+        return self.udp.event
+
+    @property
+    def udp_reply(self) -> bool:
+        return self.udp.reply
 
 
 def vip_exchange(
     lab: Lab, client: str, servers: Sequence[str], vip: str, vport: int, rport: int,
     *, programs: Programs, family: str | None = None, timeout: float = 15.0,
 ) -> VipExchange:  # fmt: skip
-    """Servers on every real server (the LB picks one per flow), the clients on
-    `client` with no option of their own.  `family`: the servers' socket family
-    ("-4", "-6"; default the VIP's).  Raises LabError naming what was expected and
-    what was seen when a program fails, nobody or more than one server answers."""
+    """vip_flow for TCP, then for UDP."""
+    kw: dict[str, Any] = {"programs": programs, "family": family, "timeout": timeout}
+    return VipExchange(
+        vip_flow(lab, "tcp", client, servers, vip, vport, rport, **kw),
+        vip_flow(lab, "udp", client, servers, vip, vport, rport, **kw),
+    )
+
+
+def vip_flow(
+    lab: Lab, proto: str, client: str, servers: Sequence[str], vip: str, vport: int, rport: int,
+    *, programs: Programs, family: str | None = None, timeout: float = 15.0,
+) -> VipFlow:  # fmt: skip
+    """A server on every real server (the LB picks one per flow), the client on
+    `client` with no option of its own.  `family`: the servers' socket family
+    ("-4", "-6" dual-stack; default the VIP's).  Raises LabError naming what was
+    expected and what was seen when a program fails, nobody or more than one
+    server answers."""
+    if proto not in ("tcp", "udp"):
+        raise LabError(f"proto must be tcp or udp, not {proto!r}")
     fam = family or ("-6" if ":" in vip else "-4")
-    tcp: dict[str, Any] = {}
-    udp: dict[str, Any] = {}
+    want, what = ("accept", "tcp_server") if proto == "tcp" else ("datagram", "udp_server")
+    srv = [programs.bin(what), fam, "--json", "--once"]
+    srv += ["--timeout", "5"] if proto == "tcp" else ["--echo"]
+    cli = [programs.bin(f"{proto}_client"), "--json", "--once"]
+    cli += [] if proto == "tcp" else ["--wait-reply", "5000"]
+    jobs: dict[str, Any] = {}
     try:
         for rs in servers:
-            tcp[rs] = lab.spawn(rs, [programs.bin("tcp_server"), fam, "--json", "--once", "--timeout", "5",
-                                     str(rport)])  # fmt: skip
-            udp[rs] = lab.spawn(rs, [programs.bin("udp_server"), fam, "--json", "--once", "--echo",
-                                     str(rport)])  # fmt: skip
+            jobs[rs] = lab.spawn(rs, [*srv, str(rport)])
         for rs in servers:
-            wait_for(tcp[rs], '"event":"listening"', timeout, f"tcp_server on {rs}")
-            wait_for(udp[rs], '"event":"listening"', timeout, f"udp_server on {rs}")
-        clients = [
-            [programs.bin("tcp_client"), "--json", "--once", vip, str(vport)],
-            [programs.bin("udp_client"), "--json", "--once", "--wait-reply", "5000", vip, str(vport)],
-        ]
-        script = "; ".join(f"echo {MARK}; " + shlex.join(argv) for argv in clients)
-        res = lab.exec(client, ["sh", "-c", script], timeout=30 + timeout)
-        tcp_c, udp_c = (events(c) for c in _split_clients(res.stdout, 2).raw)
-        for proto, evs in (("tcp", tcp_c), ("udp", udp_c)):
-            errors = [e for e in evs if e.get("event") == "error"]
-            if errors:
-                raise LabError(f"{proto}_client on {client} failed: {errors[0]} {res.stderr.strip()}")
-        t_rs = _first(tcp, '"event":"accept"', timeout, f"a tcp_server accepting {vip}:{vport}")
-        u_rs = _first(udp, '"event":"datagram"', timeout, f"a udp_server receiving for {vip}:{vport}")
-        for rs, jobs, what in ((t_rs, tcp, "tcp_server"), (u_rs, udp, "udp_server")):
-            code = jobs[rs].wait(timeout)
-            if code != 0:
-                raise LabError(f"{what} on {rs} exited {code}: {jobs[rs].output()}")
-        others = [n for n in servers if n != t_rs and '"event":"accept"' in tcp[n].output()[0]]
+            wait_for(jobs[rs], '"event":"listening"', timeout, f"{what} on {rs}")
+        res = lab.exec(client, [*cli, vip, str(vport)], timeout=30 + timeout)
+        cevs = events(res.stdout)
+        errors = [e for e in cevs if e.get("event") == "error"]
+        if errors:
+            raise LabError(f"{proto}_client on {client} failed: {errors[0]} {res.stderr.strip()}")
+        rs = _first(jobs, f'"event":"{want}"', timeout, f"a {what} {want}ing for {vip}:{vport}")
+        code = jobs[rs].wait(timeout)
+        if code != 0:
+            raise LabError(f"{what} on {rs} exited {code}: {jobs[rs].output()}")
+        others = [n for n in servers if n != rs and f'"event":"{want}"' in jobs[n].output()[0]]
         if others:
-            raise LabError(f"one connection, accepted by {t_rs} and also by {others}")
-        return VipExchange(
-            tcp_client=_event(tcp_c, "connect", "tcp_client"),
-            udp_client=_event(udp_c, "connect", "udp_client"),
-            tcp_server=t_rs,
-            udp_server=u_rs,
-            accept=_event(events(tcp[t_rs].output()[0]), "accept", f"tcp_server on {t_rs}"),
-            datagram=_event(events(udp[u_rs].output()[0]), "datagram", f"udp_server on {u_rs}"),
-            udp_reply=any(e.get("event") == "reply" for e in udp_c),
+            raise LabError(f"one {proto} flow, taken by {rs} and also by {others}")
+        reply = any(e.get("event") == "reply" for e in cevs) if proto == "udp" else res.returncode == 0
+        return VipFlow(
+            proto=proto,
+            client=_event(cevs, "connect", f"{proto}_client"),
+            server=rs,
+            event=_event(events(jobs[rs].output()[0]), want, f"{what} on {rs}"),
+            reply=reply,
         )
     finally:
-        for job in (*tcp.values(), *udp.values()):
+        for job in jobs.values():
             if job.running:
                 job.terminate()
 

@@ -34,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-SUITES = {"test_kmod_vm": "module suite", "test_bpf_vm": "BPF suite", "test_lb_toa_vm": "whole path"}
+SUITES = {"test_kmod_vm": "module suite", "test_bpf_vm": "BPF suite", "test_scenarios": "whole path"}
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -43,7 +43,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = outcome.get_result()
     path = item.config.getoption("--kernel-report")
     params = getattr(getattr(item, "callspec", None), "params", {})
-    kernel = params.get("kernel") or params.get("path_kernel")
+    kernel = params.get("kernel") or params.get("path_kernel") or params.get("toalab_kernel")
     if not path or not kernel or not (rep.when == "call" or rep.outcome != "passed"):
         return
     reason = ""
@@ -79,11 +79,13 @@ def kernel_axis(config: pytest.Config, *, wide: bool) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # `kernel`: the module and BPF suites; `path_kernel`: the whole path (one guest per kernel)
-    for name, wide in (("kernel", True), ("path_kernel", False)):
+    # `kernel`: the module and BPF suites; `path_kernel`: the whole path (one guest per kernel);
+    # `toalab_kernel`: the pytest plugin's guest (the scenarios), one per kernel for the session
+    for name, wide, scope in (("kernel", True, "module"), ("path_kernel", False, "module"),
+                              ("toalab_kernel", False, "session")):  # fmt: skip
         if name in metafunc.fixturenames:
             ks = kernel_axis(metafunc.config, wide=wide)
-            metafunc.parametrize(name, ks, ids=ks, scope="module")
+            metafunc.parametrize(name, ks, ids=ks, scope=scope)
 
 
 def unsupported(kernel: str, err: Exception) -> None:

@@ -66,7 +66,7 @@ enum toa_stat {
 	TOA_STAT_GETNAME_HIT = TOA_STAT_PARSE + TOA_PS_MAX,
 	TOA_STAT_GETNAME_MISS,
 	TOA_STAT_GETNAME_STALE,
-	TOA_STAT_GETNAME_6TO4_KTHREAD,
+	TOA_STAT_GETNAME_6TO4_KEPT,
 	TOA_STAT_LOOKUP_HIT,
 	TOA_STAT_LOOKUP_MISS,
 	TOA_STAT_INSERTED,
@@ -84,7 +84,7 @@ static const char * const toa_stat_names[TOA_STAT_MAX] = {
 	[TOA_STAT_GETNAME_HIT]		= "getname_hit",
 	[TOA_STAT_GETNAME_MISS]		= "getname_miss",
 	[TOA_STAT_GETNAME_STALE]	= "getname_stale",
-	[TOA_STAT_GETNAME_6TO4_KTHREAD]	= "getname_6to4_kthread",
+	[TOA_STAT_GETNAME_6TO4_KEPT]	= "getname_6to4_kept",
 	[TOA_STAT_LOOKUP_HIT]		= "lookup_hit",
 	[TOA_STAT_LOOKUP_MISS]		= "lookup_miss",
 	[TOA_STAT_INSERTED]		= "inserted",
@@ -397,18 +397,15 @@ static int toa_write_name(struct sockaddr *uaddr, int len, u16 sock_family,
 	}
 	if (sock_family == AF_INET) {
 		/*
-		 * 6to4.  The syscalls hand a struct sockaddr_storage; kernel
-		 * users of kernel_getpeername() may not, so leave theirs.
+		 * 6to4 on an IPv4-only socket.  Its application reads a
+		 * struct sockaddr_in: an IPv6 address would not fit, and one
+		 * handed anyway (AF_INET6, length 28) makes servers such as
+		 * nginx drop the connection.  Keep the LB's address, which
+		 * the application handles; TOA_SO_GET_LOOKUP gives the IPv6
+		 * client, and a dual-stack socket gets it from getpeername.
 		 */
-		if (current->flags & PF_KTHREAD) {
-			toa_inc(TOA_STAT_GETNAME_6TO4_KTHREAD);
-			return len;
-		}
-		memset(sin6, 0, sizeof(*sin6));
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = port;
-		sin6->sin6_addr = ip->ip6;
-		return sizeof(*sin6);
+		toa_inc(TOA_STAT_GETNAME_6TO4_KEPT);
+		return len;
 	}
 	sin6->sin6_port = port;
 	sin6->sin6_flowinfo = 0;

@@ -1,0 +1,586 @@
+"""Scenarios: what `toalab list / run / matrix` run, as data (scenarios/scenarios.toml).
+
+A scenario names a topology, the modules its real servers' kernel runs, the
+traffic to drive and what the real server's application must see.  Running
+one writes RUN_DIR/ID/result.json (every check with expected and observed, the
+kernel, timings) and a pcap of every interface of every node but the switches.
+
+    scs = scenario.select(["fullnat-6to4-udp", "http-4to4"])
+    with scenario.Runner(engine="vm", out=Path("build/runs/x")) as run:
+        for res in run.run(scs):
+            print(res.verdict, res.saw)
+
+The runner brings each topology up once for every scenario that uses it (one
+guest boot for all of them on the VM engine), loads or unloads the modules
+per scenario, and judges from the application's own report: the example
+programs' JSON events, nginx's access log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import json
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import topology
+from lab.capture import captures
+from lab.errors import LabError
+from lab.net import Lab
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = REPO / "scenarios" / "scenarios.toml"
+TOPOLOGIES = REPO / "topologies"
+TRAFFIC = ("tcp", "udp", "http")
+MODULES = ("toa", "uoa")
+SOCKETS = ("auto", "inet", "inet6", "dual")
+PEERS = ("client", "lb")
+ENGINES = ("host", "vm")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    description: str
+    topology: str
+    traffic: str
+    modules: tuple[str, ...] = MODULES
+    socket: str = "auto"
+    peer: str = ""  # "" = after the modules: client with them, lb without
+    lookup: str = ""
+    topologies: Path = field(default=TOPOLOGIES, repr=False)  # where `topology` is found
+
+    @property
+    def topology_path(self) -> Path:
+        return self.topologies / f"{self.topology}.yaml"
+
+    @property
+    def expect_peer(self) -> str:
+        return self.peer or ("client" if self.modules else "lb")
+
+    @property
+    def expect_lookup(self) -> str:
+        return self.lookup or ("client" if self.modules else "none")
+
+
+# -- the table --------------------------------------------------------------------------------
+_FIELDS = {"description", "topology", "traffic", "modules", "socket", "peer", "lookup"}
+
+
+def load(path: Path = SCENARIOS) -> dict[str, Scenario]:
+    """Every scenario of the file, by id; a malformed entry is one line naming it."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise LabError(f"{path}: {e}") from None
+    out = {}
+    for sid, spec in raw.items():
+        where = f"{path.name}: [{sid}]"
+        if not isinstance(spec, dict):
+            raise LabError(f"{where}: must be a table")
+        unknown = sorted(set(spec) - _FIELDS)
+        if unknown:
+            raise LabError(f"{where}: unknown field {unknown[0]} (fields: {', '.join(sorted(_FIELDS))})")
+        for key in ("description", "topology", "traffic"):
+            if not isinstance(spec.get(key), str) or not spec[key]:
+                raise LabError(f"{where}: needs {key} (a string)")
+        mods = spec.get("modules", list(MODULES))
+        if not isinstance(mods, list) or any(m not in MODULES for m in mods):
+            raise LabError(f"{where}.modules: {mods!r} is not a list of {', '.join(MODULES)}")
+        for key, allowed in (
+            ("traffic", TRAFFIC),
+            ("socket", SOCKETS),
+            ("peer", PEERS),
+            ("lookup", ("client", "none")),
+        ):
+            if key in spec and spec[key] not in allowed:
+                raise LabError(f"{where}.{key}: {spec[key]!r} is not one of {', '.join(allowed)}")
+        local = path.parent / "topologies"  # a table of one's own may bring its topologies
+        sc = Scenario(
+            id=sid,
+            modules=tuple(mods),
+            **{k: v for k, v in spec.items() if k != "modules"},
+            topologies=local if (local / f"{spec['topology']}.yaml").exists() else TOPOLOGIES,
+        )
+        if not sc.topology_path.exists():
+            shown = sc.topology_path.relative_to(REPO) if sc.topologies == TOPOLOGIES else sc.topology_path
+            raise LabError(f"{where}.topology: no {shown}")
+        out[sid] = sc
+    return out
+
+
+def select(ids: Sequence[str], path: Path = SCENARIOS) -> list[Scenario]:
+    """The scenarios of these ids, in that order; an unknown id is one line with the close matches."""
+    table = load(path)
+    out = []
+    for sid in ids:
+        if sid not in table:
+            close = difflib.get_close_matches(sid, list(table), n=4, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else " (toalab list shows them)"
+            raise LabError(f"unknown scenario '{sid}'{hint}")
+        out.append(table[sid])
+    return out
+
+
+# -- results ----------------------------------------------------------------------------------
+@dataclass
+class Check:
+    name: str
+    expected: Any
+    observed: Any
+    ok: bool
+
+
+def check(name: str, expected: Any, observed: Any, ok: bool | None = None) -> Check:
+    return Check(name, expected, observed, expected == observed if ok is None else ok)
+
+
+@dataclass
+class Result:
+    id: str
+    description: str
+    verdict: str  # pass | fail | skip
+    engine: str
+    reason: str = ""
+    saw: str = ""  # what the RS application saw, one line
+    checks: list[Check] = field(default_factory=list)
+    kernel: dict[str, Any] = field(default_factory=dict)
+    modules: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    pcaps: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def endpoint(addr: str, port: int | None = None) -> str:
+    """addr[:port] with v4-mapped IPv6 shown as the IPv4 address (what it means)."""
+    a = ipaddress.ip_address(addr)
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped:
+        a = a.ipv4_mapped
+    if port is None:
+        return str(a)
+    return f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}"
+
+
+def _ep(e: dict[str, Any] | None) -> str | None:
+    return None if not e else endpoint(e["addr"], e["port"])
+
+
+# -- running ----------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What a traffic driver gets: the lab, its service, the example programs."""
+
+    lab: Lab
+    sc: Scenario
+    programs: Any  # kmod.Programs / kmod.Artifacts
+
+    @property
+    def svc(self) -> topology.Service:
+        topo = self.lab.topology
+        assert topo is not None
+        return next(iter(topo.services.values()))
+
+    @property
+    def rs_family(self) -> int:
+        return self.svc.local[0].version
+
+    @property
+    def local(self) -> list[str]:
+        return [str(a) for a in self.svc.local]
+
+    def socket(self) -> str:
+        if self.sc.socket != "auto":
+            return self.sc.socket
+        return "inet6" if self.rs_family == 6 else "inet"
+
+
+def _drive_example(ctx: Context) -> tuple[list[Check], str]:
+    from lab import traffic
+
+    sc, svc = ctx.sc, ctx.svc
+    vip, vport, rport = str(svc.vip), svc.port, svc.rs_port
+    fam = "-4" if ctx.socket() == "inet" else "-6"  # the example servers' -6 is dual-stack
+    flow = traffic.vip_flow(
+        ctx.lab,
+        sc.traffic,
+        _client(ctx),
+        svc.real_servers,
+        vip,
+        vport,
+        rport,
+        programs=ctx.programs,
+        family=fam,
+    )
+    client, ev, rs = _ep(flow.client["sock"]), flow.event, flow.server
+    want_vip = endpoint(vip, vport)
+    checks = []
+    lookup = (_ep((ev.get("lookup") or {}).get("client")), _ep((ev.get("lookup") or {}).get("vip")))
+    if sc.expect_lookup == "client":
+        checks.append(
+            check(f"{rs} {sc.traffic.upper()} lookup (client, VIP)", [client, want_vip], list(lookup))
+        )
+    else:
+        err = ev.get("lookup_error")
+        checks.append(
+            check(f"{rs} lookup without the module", "an error (no entry)", err or list(lookup), ok=bool(err))
+        )
+    peer = _ep(ev["peer"])
+    if sc.traffic == "tcp":
+        if sc.expect_peer == "client":
+            checks.append(check(f"{rs} getpeername (the client)", client, peer))
+            checks.append(check(f"{rs} accept() address", client, _ep(ev["accept"])))
+            checks.append(check(f"{rs} getsockname (the VIP)", want_vip, _ep(ev["sock"])))
+        else:
+            checks.append(
+                check(
+                    f"{rs} getpeername (the LB's local address)",
+                    ctx.local,
+                    endpoint(ev["peer"]["addr"]),
+                    ok=endpoint(ev["peer"]["addr"]) in ctx.local,
+                )
+            )
+            checks.append(
+                check(
+                    f"{rs} getsockname (its own address)", endpoint(_rs_addr(ctx, rs), rport), _ep(ev["sock"])
+                )
+            )
+        checks.append(check("the connection closed cleanly", True, flow.reply))
+        saw = f"{rs} getpeername {peer}"
+    else:
+        src = endpoint(ev["peer"]["addr"])
+        checks.append(
+            check(f"{rs} recvfrom source (the LB's local address)", ctx.local, src, ok=src in ctx.local)
+        )
+        checks.append(check("the echo came back to the client", True, flow.reply))
+        saw = f"{rs} from {_ep(ev['peer'])}"
+    if lookup[0]:
+        saw += f", lookup {lookup[0]} -> {lookup[1]}"
+    elif ev.get("lookup_error"):
+        saw += f", lookup {ev['lookup_error']}"
+    return checks, saw
+
+
+def _drive_http(ctx: Context) -> tuple[list[Check], str]:
+    from lab import apps
+
+    svc = ctx.svc
+    webs: dict[str, apps.Nginx] = {}
+    try:
+        for rs in svc.real_servers:
+            webs[rs] = apps.Nginx.start(ctx.lab, rs, svc.rs_port, socket=ctx.socket())
+        r = apps.http_get(ctx.lab, _client(ctx), str(svc.vip), svc.port)
+        logs = {rs: w.log() for rs, w in webs.items()}
+    finally:
+        for w in webs.values():
+            w.stop()
+    checks = [check("HTTP status of the GET through the VIP", 200, r.status or r.error)]
+    took = [rs for rs, lines in logs.items() if lines]
+    if len(took) != 1 or len(logs[took[0]]) != 1:
+        checks.append(
+            check(
+                "access log lines (one request, one real server)",
+                1,
+                {rs: len(v) for rs, v in logs.items()},
+                ok=False,
+            )
+        )
+        return checks, f"access logs: {logs}"
+    rs, line = took[0], logs[took[0]][0]
+    remote = endpoint(line["remote_addr"], line["remote_port"])
+    server = endpoint(line["server_addr"], line["server_port"])
+    client = endpoint(r.local_ip, r.local_port) if r.local_ip else "?"
+    if ctx.sc.expect_peer == "client":
+        checks.append(check(f"{rs} nginx $remote_addr:$remote_port (the client)", client, remote))
+        checks.append(
+            check(f"{rs} nginx $server_addr:$server_port (the VIP)", endpoint(str(svc.vip), svc.port), server)
+        )
+    else:
+        addr = endpoint(line["remote_addr"])
+        checks.append(
+            check(f"{rs} nginx $remote_addr (the LB's local address)", ctx.local, addr, ok=addr in ctx.local)
+        )
+    checks.append(
+        check(
+            f"{rs} nginx's reply names what it logged",
+            f"toalab {line['remote_addr']} {line['remote_port']}",
+            r.body,
+        )
+    )
+    return checks, f"{rs} nginx logged {remote} -> {server}"
+
+
+DRIVERS: dict[str, Callable[[Context], tuple[list[Check], str]]] = {
+    "tcp": _drive_example,
+    "udp": _drive_example,
+    "http": _drive_http,
+}
+
+
+def _client(ctx: Context) -> str:
+    topo = ctx.lab.topology
+    assert topo is not None
+    return next(n.name for n in topo.nodes.values() if n.role == "client")
+
+
+def _rs_addr(ctx: Context, rs: str) -> str:
+    topo = ctx.lab.topology
+    assert topo is not None
+    return str(topo.node(rs).address(ctx.rs_family))
+
+
+def by_topology(scenarios: Sequence[Scenario]) -> list[Scenario]:
+    """The scenarios with those of one topology together, in order of first appearance."""
+    order = {t: i for i, t in reversed(list(enumerate(sc.topology for sc in scenarios)))}
+    return sorted(scenarios, key=lambda sc: order[sc.topology])
+
+
+def capture_points(topo: topology.Topology) -> list[tuple[str, str]]:
+    """(node, interface) of every linked interface of every node but the switches."""
+    out = []
+    for node in topo.nodes.values():
+        if node.role == "switch":
+            continue
+        out += [(node.name, ep.ifname) for ep, _ in topo.links_of(node.name)]
+    return out
+
+
+class Runner:
+    """Runs scenarios on one engine: `with Runner(engine="vm") as r: r.run(scs)`."""
+
+    def __init__(
+        self,
+        engine: str = "vm",
+        *,
+        kernel: str | None = None,
+        out: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        vm: Any = None,  # a running VMSession to borrow (the pytest plugin's)
+        artifacts: Any = None,
+    ) -> None:
+        if engine not in ENGINES:
+            raise LabError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        self.engine = engine
+        self.kernel = kernel
+        self.out = Path(out or REPO / "build" / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+        self.progress = progress or (lambda _m: None)
+        self._vm = vm
+        self._art = artifacts
+        self._stack = contextlib.ExitStack()
+        self.kernel_info: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self._lab: tuple[Path, Lab, float, contextlib.ExitStack] | None = None
+        self._labs_made = 0
+
+    # -- the engine's kernel -------------------------------------------------------------------
+    def __enter__(self) -> Runner:
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._close_lab()
+        finally:
+            self._stack.close()
+
+    def programs(self) -> Any:
+        from lab import kmod
+
+        if self._art is None:
+            self._art = kmod.build(self.kernel) if self.engine == "vm" else kmod.userspace()
+        return self._art
+
+    def _guest(self) -> Any:
+        if self._vm is None:
+            from lab import bpf, lb
+            from lab.vm.session import VMSession
+
+            art = self.programs()
+            t0 = time.monotonic()
+            self.progress(f"booting the guest ({self.kernel or 'default kernel'})")
+            vm = VMSession(kernel=self.kernel, progress=self.progress, results=self.out)
+            self._vm = self._stack.enter_context(vm)
+            self._vm.provide([*art.files(), bpf.obj_path(lb.BPF_OBJ), bpf.obj_path("xdp_pass")])
+            self.timings["boot_s"] = round(time.monotonic() - t0, 2)
+        if not self.kernel_info:
+            build = self._vm.kernel_build.to_json()
+            self.kernel_info = {"release": self._vm.release, "engine": "vm", "build": build}
+        return self._vm
+
+    def fits(self, sc: Scenario) -> str:
+        """Why this engine cannot run the scenario, or ''."""
+        if sc.modules and self.engine == "host":
+            return (
+                f"needs {', '.join(sc.modules)} loaded and the host engine shares the running kernel, "
+                f"{os.uname().release}, which has no module support here: run it with --engine vm"
+            )
+        return ""
+
+    # -- running -------------------------------------------------------------------------------
+    def run(
+        self, scenarios: Sequence[Scenario], on_result: Callable[[Result], None] | None = None
+    ) -> list[Result]:
+        """Every scenario, those of one topology one after the other (each topology
+        up once), in the order of first appearance; on_result as each one finishes."""
+        report = on_result or (lambda _r: None)
+        results = {}
+        for sc in by_topology(scenarios):
+            results[sc.id] = self.run_one(sc)
+            report(results[sc.id])
+        return [results[sc.id] for sc in scenarios]
+
+    def run_one(self, sc: Scenario) -> Result:
+        """One scenario, on the lab of its topology (kept up for the next scenario
+        of the same topology, taken down for another or at exit)."""
+        why = self.fits(sc)
+        if why:
+            return self._finish(Result(sc.id, sc.description, "skip", self.engine, reason=why))
+        try:
+            lab, up_s = self._lab_for(sc.topology_path)
+        except LabError as e:
+            res = Result(sc.id, sc.description, "fail", self.engine, reason=f"lab {sc.topology}: {e}")
+            return self._finish(res)
+        return self._run_one(lab, sc, up_s)
+
+    def _lab_for(self, path: Path) -> tuple[Lab, float]:
+        if self._lab is not None and self._lab[0] == path:
+            return self._lab[1], self._lab[2]
+        self._close_lab()
+        topo = topology.load(path)
+        self._labs_made += 1
+        name = f"sc{self._labs_made}-{os.getpid() % 100000}"
+        vm = self._guest() if self.engine == "vm" else None
+        if vm is None and not self.kernel_info:
+            self.kernel_info = {"release": os.uname().release, "engine": "host"}
+        t0 = time.monotonic()
+        stack = contextlib.ExitStack()
+        lab = stack.enter_context(vm.lab(topo, name=name) if vm is not None else Lab.up(topo, name=name))
+        self._lab = (path, lab, round(time.monotonic() - t0, 2), stack)
+        return lab, self._lab[2]
+
+    def _close_lab(self) -> None:
+        if self._lab is not None:
+            stack, self._lab = self._lab[3], None
+            stack.close()
+
+    def _modules(self, want: Sequence[str]) -> None:
+        from lab import kmod
+
+        if self.engine != "vm":
+            return
+        vm, art = self._guest(), self.programs()
+        have = kmod.loaded(vm)
+        for mod in MODULES:
+            if mod in have and mod not in want:
+                kmod.unload(vm, mod)
+            elif mod in want and mod not in have:
+                kmod.load(vm, mod, art)
+
+    def _run_one(self, lab: Lab, sc: Scenario, up_s: float) -> Result:
+        from lab import kmod
+
+        t0 = time.monotonic()
+        res = Result(
+            sc.id,
+            sc.description,
+            "fail",
+            self.engine,
+            kernel=self.kernel_info,
+            modules=list(sc.modules),
+            timings={"lab_up_s": up_s},
+        )
+        d = self.out / sc.id
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        try:
+            self._modules(sc.modules)
+        except LabError as e:
+            res.reason = f"loading {', '.join(sc.modules)}: {e}"
+            return self._finish(res)
+        target = self._vm if self.engine == "vm" else None
+        mark = kmod.dmesg_mark(target) if target is not None else 0
+        assert lab.topology is not None
+        t1 = time.monotonic()
+        try:
+            with captures(lab, capture_points(lab.topology), d):
+                t2 = time.monotonic()
+                res.checks, res.saw = DRIVERS[sc.traffic](Context(lab, sc, self.programs()))
+                t3 = time.monotonic()
+        except LabError as e:
+            res.checks.append(check("traffic", "the application answers", str(e), ok=False))
+            t2 = t3 = time.monotonic()
+        if target is not None:
+            problems = kmod.dmesg_problems(target, since=mark)
+            res.checks.append(check("kernel log clean", [], problems[:5]))
+        res.pcaps = sorted(str(p.relative_to(self.out)) for p in d.glob("*.pcap"))
+        res.verdict = "pass" if res.checks and all(c.ok for c in res.checks) else "fail"
+        if res.verdict == "fail" and not res.reason:
+            bad = next(c for c in res.checks if not c.ok)
+            res.reason = f"{bad.name}: expected {bad.expected}, observed {bad.observed}"
+        res.timings.update(
+            modules_s=round(t1 - t0, 2),
+            captures_s=round(t2 - t1, 2),
+            traffic_s=round(t3 - t2, 2),
+            total_s=round(time.monotonic() - t0, 2),
+        )
+        return self._finish(res)
+
+    def _finish(self, res: Result) -> Result:
+        d = self.out / res.id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps(res.to_json(), indent=1) + "\n")
+        return res
+
+
+# -- reports ----------------------------------------------------------------------------------
+def table_header() -> str:
+    return f"{'scenario':<26} {'verdict':<7} {'time':>6}  what the RS application saw"
+
+
+def table_row(res: Result) -> str:
+    took = res.timings.get("total_s")
+    t = f"{took:5.1f}s" if took is not None else "     -"
+    what = res.saw if res.verdict == "pass" else (res.reason or res.saw)
+    return f"{res.id:<26} {res.verdict.upper():<7} {t}  {what}"
+
+
+def junit(results: Sequence[Result], suite: str = "toalab") -> str:
+    """JUnit XML: one testcase per scenario (skips and failures with their reason)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element(
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(sum(r.verdict == "fail" for r in results)),
+        skipped=str(sum(r.verdict == "skip" for r in results)),
+        time=f"{sum(r.timings.get('total_s', 0) for r in results):.2f}",
+    )
+    for r in results:
+        tc = ET.SubElement(
+            root,
+            "testcase",
+            classname=f"{suite}.{r.engine}",
+            name=r.id,
+            time=f"{r.timings.get('total_s', 0):.2f}",
+        )
+        if r.verdict == "fail":
+            f = ET.SubElement(tc, "failure", message=r.reason)
+            f.text = "\n".join(
+                f"{'ok ' if c.ok else 'BAD'} {c.name}: expected {c.expected}, observed {c.observed}"
+                for c in r.checks
+            )
+        elif r.verdict == "skip":
+            ET.SubElement(tc, "skipped", message=r.reason)
+        if r.saw:
+            ET.SubElement(tc, "system-out").text = r.saw
+    return ET.tostring(root, encoding="unicode") + "\n"
