@@ -6,9 +6,10 @@ misspelt field is a ``file: place: message`` line before anything is built.
       fullnat: {client_if: eth0, rs_if: eth1, udp_opt_pkts: 1}   # lb
       xdp: {eth0: {prog: gwping, forward: eth1}}                 # any node's ports
       vxlan: {vni: 42}                                           # rs of a vxlan service
+      l7: {upstream: rs1, port: 80, rs_port: 8080}               # proxy
 
-The sections are read through ``fullnat(node)``, ``xdp_ports(node)`` and
-``vxlan(node)``; the raw mapping stays in ``node.params`` (what the file said).
+The sections are read through ``fullnat(node)``, ``xdp_ports(node)``,
+``vxlan(node)`` and ``l7(node)``; the raw mapping stays in ``node.params`` (what the file said).
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ class Vxlan:
 
 
 @dataclass(frozen=True)
+class L7:
+    """A proxy node's L7 proxy (kmod/examples/tcp_proxy.c, the seed's use of
+    set_ip_opt): it terminates the client's connection on `port` and opens its
+    own to `upstream`:`rs_port` with the option naming the client and the
+    address the client connected to."""
+
+    upstream: str  # a real server node
+    port: int = 80
+    rs_port: int = 8080
+
+
+@dataclass(frozen=True)
 class XdpPort:
     """One XDP program on one port of a node (``params.xdp.IFNAME``)."""
 
@@ -70,6 +83,7 @@ class XdpPort:
 SECTIONS: dict[str, tuple[str, ...]] = {
     "lb": ("fullnat", "xdp"),
     "rs": ("vxlan", "xdp"),
+    "proxy": ("l7", "xdp"),
 }
 DEFAULT_SECTIONS = ("xdp",)
 
@@ -84,6 +98,12 @@ def vxlan(node: Node) -> Vxlan | None:
     if not node.params.get("vxlan"):
         return None
     return _section(node, "vxlan", Vxlan, _check_vxlan)
+
+
+def l7(node: Node) -> L7:
+    if "l7" not in node.params:
+        raise LabError(f"nodes.{node.name}.params.l7: missing (the proxy's upstream, port, rs_port)")
+    return _section(node, "l7", L7, _check_l7)
 
 
 def xdp_ports(node: Node) -> list[XdpPort]:
@@ -119,6 +139,12 @@ def problems(topo: Topology) -> Iterator[str]:
         if node.params.get("vxlan") and "vxlan" in allowed:
             for p in _fields(node.params["vxlan"], Vxlan, _check_vxlan):
                 yield f"{where}.vxlan{p}"
+        if "l7" in node.params and "l7" in allowed:
+            for p in _fields(node.params["l7"], L7, _check_l7):
+                yield f"{where}.l7{p}"
+            up = (node.params["l7"] or {}).get("upstream") if isinstance(node.params["l7"], dict) else None
+            if isinstance(up, str) and (up not in topo.nodes or topo.nodes[up].role != "rs"):
+                yield f"{where}.l7.upstream: '{up}' is not a node of role rs"
         if "xdp" in node.params and "xdp" in allowed:
             _, found = _xdp(node, linked)
             for p in found:
@@ -191,6 +217,12 @@ def _check_fullnat(f: Fullnat) -> Iterator[str]:
             yield f".{key}: {getattr(f, key)} s out of range (0, 86400]"
     if not 1 <= f.lport_min <= f.lport_max <= 65535:
         yield f".lport_min/lport_max: {f.lport_min}-{f.lport_max} is not a range within 1-65535"
+
+
+def _check_l7(p: L7) -> Iterator[str]:
+    for key in ("port", "rs_port"):
+        if not 1 <= getattr(p, key) <= 65535:
+            yield f".{key}: {getattr(p, key)} out of range 1-65535"
 
 
 def _check_vxlan(v: Vxlan) -> Iterator[str]:

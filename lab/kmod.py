@@ -37,7 +37,7 @@ KMOD = REPO / "kmod"
 MODULES = ("toa", "uoa")
 # test-only modules, built beside them (kmod/tests/): name -> directory under the build tree
 TEST_MODULES = {"ipmodify_holder": "tests/ipmodify_holder"}
-PROGRAMS = ("tcp_server", "tcp_client", "udp_server", "udp_client", "toa_bench", "test_toa_opt")
+PROGRAMS = ("tcp_server", "tcp_client", "udp_server", "udp_client", "tcp_proxy", "toa_bench", "test_toa_opt")
 
 
 def userspace() -> Programs:

@@ -39,7 +39,7 @@ from lab.net import Lab
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "scenarios" / "scenarios.toml"
 TOPOLOGIES = REPO / "topologies"
-TRAFFIC = ("tcp", "udp", "http")
+TRAFFIC = ("tcp", "udp", "http", "l7")
 MODULES = ("toa", "uoa")
 SOCKETS = ("auto", "inet", "inet6", "dual")
 PEERS = ("client", "lb")
@@ -198,10 +198,10 @@ class Context:
     def local(self) -> list[str]:
         return [str(a) for a in self.svc.local]
 
-    def socket(self) -> str:
+    def socket(self, rs_family: int | None = None) -> str:
         if self.sc.socket != "auto":
             return self.sc.socket
-        return "inet6" if self.rs_family == 6 else "inet"
+        return "inet6" if (rs_family or self.rs_family) == 6 else "inet"
 
 
 def _drive_example(ctx: Context) -> tuple[list[Check], str]:
@@ -319,10 +319,49 @@ def _drive_http(ctx: Context) -> tuple[list[Check], str]:
     return checks, f"{rs} nginx logged {remote} -> {server}"
 
 
+def _drive_l7(ctx: Context) -> tuple[list[Check], str]:
+    """The client connects to the proxy's VIP (its loopback address); the proxy
+    connects to its upstream with set_ip_opt(client, VIP)."""
+    from lab import kinds, traffic
+
+    topo = ctx.lab.topology
+    assert topo is not None
+    proxy = next(n for n in topo.nodes.values() if n.role == "proxy")
+    cfg = kinds.l7(proxy)
+    vips = [str(a.ip) for a in proxy.interfaces.get("lo", [])]
+    if not vips:
+        raise LabError(f"proxy {proxy.name} has no address on lo (its VIP)")
+    up = topo.node(cfg.upstream)
+    rip = str(next(a.ip for ifn, lst in up.interfaces.items() if ifn != "lo" for a in lst))
+    fam = "-4" if ctx.socket(ipaddress.ip_address(rip).version) == "inet" else "-6"
+    flow = traffic.proxy_flow(ctx.lab, _client(ctx), proxy.name, up.name, vips[0], cfg.port, rip, cfg.rs_port,
+                              programs=ctx.programs, family=fam)  # fmt: skip
+    client, ev, rs = _ep(flow.client["sock"]), flow.event, up.name
+    want_vip = endpoint(vips[0], cfg.port)
+    checks = [check(f"{proxy.name} accepted the client", client, _ep(flow.accept["client"]))]
+    lookup = (_ep((ev.get("lookup") or {}).get("client")), _ep((ev.get("lookup") or {}).get("vip")))
+    if ctx.sc.expect_peer == "client":
+        checks.append(check(f"{rs} getpeername (the client)", client, _ep(ev["peer"])))
+        checks.append(check(f"{rs} getsockname (the proxy's VIP)", want_vip, _ep(ev["sock"])))
+        checks.append(check(f"{rs} TOA lookup (client, VIP)", [client, want_vip], list(lookup)))
+    else:
+        checks.append(check(f"{rs} getpeername (the proxy's own connection)", _ep(flow.upstream["sock"]),
+                            _ep(ev["peer"])))  # fmt: skip
+        err = ev.get("lookup_error")
+        checks.append(check(f"{rs} lookup without the module", "an error (no entry)", err or list(lookup),
+                            ok=bool(err)))  # fmt: skip
+    checks.append(check("the connection closed cleanly", True, flow.closed))
+    return (
+        checks,
+        f"{rs} getpeername {_ep(ev['peer'])} (proxy {proxy.name} from {_ep(flow.upstream['sock'])})",
+    )
+
+
 DRIVERS: dict[str, Callable[[Context], tuple[list[Check], str]]] = {
     "tcp": _drive_example,
     "udp": _drive_example,
     "http": _drive_http,
+    "l7": _drive_l7,
 }
 
 

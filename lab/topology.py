@@ -21,7 +21,7 @@ import yaml
 from lab import kinds
 from lab.errors import LabError
 
-ROLES = ("client", "lb", "switch", "router", "rs", "gateway", "prober", "host")
+ROLES = ("client", "lb", "proxy", "switch", "router", "rs", "gateway", "prober", "host")
 PROTOCOLS = ("tcp", "udp")
 IfAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address

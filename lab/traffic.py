@@ -309,6 +309,60 @@ def vip_flow(
                 job.terminate()
 
 
+@dataclass
+class ProxyFlow:
+    """One TCP connection through an L7 proxy: the client's connect event, the
+    proxy's accept and upstream events, the real server's accept event."""
+
+    client: dict[str, Any]
+    accept: dict[str, Any]  # the proxy's: client, vip
+    upstream: dict[str, Any]  # the proxy's own connection: sock, peer
+    event: dict[str, Any]  # the real server's accept event
+    closed: bool
+
+
+def proxy_flow(
+    lab: Lab, client: str, proxy: str, server: str, vip: str, port: int, rip: str, rport: int,
+    *, programs: Programs, family: str | None = None, timeout: float = 15.0,
+) -> ProxyFlow:  # fmt: skip
+    """tcp_server on `server`, tcp_proxy on `proxy` (port -> rip:rport, with
+    set_ip_opt), tcp_client on `client` to vip:port."""
+    fam = family or ("-6" if ":" in rip else "-4")
+    jobs: dict[str, Any] = {}
+    try:
+        jobs["server"] = lab.spawn(server, [programs.bin("tcp_server"), fam, "--json", "--once", "--timeout",
+                                            "5", str(rport)])  # fmt: skip
+        wait_for(jobs["server"], '"event":"listening"', timeout, f"tcp_server on {server}")
+        jobs["proxy"] = lab.spawn(proxy, [programs.bin("tcp_proxy"), "-6", "--json", "--once", str(port), rip,
+                                          str(rport)])  # fmt: skip
+        wait_for(jobs["proxy"], '"event":"listening"', timeout, f"tcp_proxy on {proxy}")
+        res = lab.exec(client, [programs.bin("tcp_client"), "--json", "--once", vip, str(port)],
+                       timeout=30 + timeout)  # fmt: skip
+        cevs = events(res.stdout)
+        errors = [e for e in cevs if e.get("event") == "error"]
+        if errors:
+            raise LabError(f"tcp_client on {client} failed: {errors[0]} {res.stderr.strip()}")
+        for name, node in (("proxy", proxy), ("server", server)):
+            code = jobs[name].wait(timeout)
+            if code != 0:
+                raise LabError(f"tcp_{name} on {node} exited {code}: {jobs[name].output()}")
+        pevs = events(jobs["proxy"].output()[0])
+        perr = [e for e in pevs if e.get("event") == "error"]
+        if perr:
+            raise LabError(f"tcp_proxy on {proxy} failed: {perr[0]}")
+        return ProxyFlow(
+            client=_event(cevs, "connect", "tcp_client"),
+            accept=_event(pevs, "accept", f"tcp_proxy on {proxy}"),
+            upstream=_event(pevs, "upstream", f"tcp_proxy on {proxy}"),
+            event=_event(events(jobs["server"].output()[0]), "accept", f"tcp_server on {server}"),
+            closed=res.returncode == 0,
+        )
+    finally:
+        for job in jobs.values():
+            if job.running:
+                job.terminate()
+
+
 def _first(jobs: dict[str, Any], needle: str, timeout: float, what: str) -> str:
     """The node whose job printed needle first."""
     deadline = time.monotonic() + timeout

@@ -189,6 +189,31 @@ def test_rs_sections(rs: str, vx: str, problem: str) -> None:
     assert any(problem in p for p in e.value.problems), e.value.problems
 
 
+_PROXY = """
+name: p
+nodes:
+  proxy: {role: proxy, interfaces: {eth1: [192.0.2.1/24]}, params: {l7: L7}}
+  rs1: {role: rs, interfaces: {eth0: [192.0.2.11/24]}}
+links: ["proxy:eth1 -- rs1:eth0"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("l7", "problem"),
+    [
+        ("{upstream: proxy}", "nodes.proxy.params.l7.upstream: 'proxy' is not a node of role rs"),
+        ("{upstream: rs9}", "nodes.proxy.params.l7.upstream: 'rs9' is not a node of role rs"),
+        ("{upstream: rs1, port: 0}", "nodes.proxy.params.l7.port: 0 out of range 1-65535"),
+        ("{port: 80}", "nodes.proxy.params.l7.upstream: missing field"),
+        ("{upstream: rs1, prot: 80}", "did you mean 'port'?"),
+    ],
+)
+def test_proxy_section(l7: str, problem: str) -> None:
+    with pytest.raises(TopologyError) as e:
+        topology.loads(_PROXY.replace("L7", l7), source="p.yaml")
+    assert any(problem in p for p in e.value.problems), e.value.problems
+
+
 def test_every_shipped_topology_validates_with_its_kinds() -> None:
     for f in sorted((Path(__file__).resolve().parent.parent / "topologies").glob("*.yaml")):
         topology.load(f)
