@@ -39,7 +39,7 @@ from lab.net import Lab
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "scenarios" / "scenarios.toml"
 TOPOLOGIES = REPO / "topologies"
-TRAFFIC = ("tcp", "udp", "http", "l7")
+TRAFFIC = ("tcp", "udp", "http", "l7", "gwping")
 MODULES = ("toa", "uoa")
 SOCKETS = ("auto", "inet", "inet6", "dual")
 PEERS = ("client", "lb")
@@ -56,6 +56,8 @@ class Scenario:
     socket: str = "auto"
     peer: str = ""  # "" = after the modules: client with them, lb without
     lookup: str = ""
+    target: str = ""  # gwping: the node probed
+    port: int = 0  # gwping: its service's port
     topologies: Path = field(default=TOPOLOGIES, repr=False)  # where `topology` is found
 
     @property
@@ -72,7 +74,7 @@ class Scenario:
 
 
 # -- the table --------------------------------------------------------------------------------
-_FIELDS = {"description", "topology", "traffic", "modules", "socket", "peer", "lookup"}
+_FIELDS = {"description", "topology", "traffic", "modules", "socket", "peer", "lookup", "target", "port"}
 
 
 def load(path: Path = SCENARIOS) -> dict[str, Scenario]:
@@ -92,6 +94,12 @@ def load(path: Path = SCENARIOS) -> dict[str, Scenario]:
         for key in ("description", "topology", "traffic"):
             if not isinstance(spec.get(key), str) or not spec[key]:
                 raise LabError(f"{where}: needs {key} (a string)")
+        if spec["traffic"] == "gwping" and not (
+            isinstance(spec.get("target"), str)
+            and isinstance(spec.get("port"), int)
+            and 0 < spec["port"] < 65536
+        ):
+            raise LabError(f"{where}: gwping needs target (a node) and port (1-65535)")
         mods = spec.get("modules", list(MODULES))
         if not isinstance(mods, list) or any(m not in MODULES for m in mods):
             raise LabError(f"{where}.modules: {mods!r} is not a list of {', '.join(MODULES)}")
@@ -357,7 +365,56 @@ def _drive_l7(ctx: Context) -> tuple[list[Check], str]:
     )
 
 
+def _drive_gwping(ctx: Context) -> tuple[list[Check], str]:
+    """A probe SYN (TSval MAGIC) from the prober to the scenario's target
+    (a gateway that also runs a service on `port`): every gateway before it
+    forwards it, the target's data plane hands it to the target's kernel,
+    whose listener answers; an ordinary SYN to the same address is forwarded
+    past the target by its data plane and gets no answer."""
+    from lab import gwping, gwprobe
+
+    topo = ctx.lab.topology
+    assert topo is not None
+    sc = ctx.sc
+    prober = next(n for n in topo.nodes.values() if n.role == "prober")
+    target = topo.node(sc.target)
+    src, dst = str(prober.address(4)), str(target.address(4))
+    dp = gwping.DataPlane.of(topo, ctx.lab.engine.record.namespaces, ctx.lab.kernel())
+    ports = [(att.node, att.ifname) for att, _ns, _pid in dp.attached if att.prog == "gwping"]
+
+    def counts() -> dict[tuple[str, str], dict[str, int]]:
+        return {port: dp.counters(*port) for port in ports}
+
+    job = ctx.lab.spawn(target.name, [ctx.programs.bin("tcp_server"), "-4", "--json", "--count", "100",
+                                      str(sc.port)])  # fmt: skip
+    try:
+        from lab import traffic
+
+        traffic.wait_for(job, '"event":"listening"', 15.0, f"tcp_server on {target.name}")
+        before = counts()
+        probe = gwprobe.probe_from(ctx.lab, prober.name, src, dst, 40001, sc.port)
+        plain = gwprobe.probe_from(ctx.lab, prober.name, src, dst, 40002, sc.port, tsval=0x12345678)
+        after = counts()
+    finally:
+        job.terminate()
+    delta = {f"{n}:{i}": {k: after[(n, i)][k] - before[(n, i)][k] for k in ("ping_fwd", "ping_pass")}
+             for n, i in ports}  # fmt: skip
+    passed = sum(d["ping_pass"] for port, d in delta.items() if port.startswith(f"{target.name}:"))
+    forwarded = sum(d["ping_fwd"] for port, d in delta.items() if not port.startswith(f"{target.name}:"))
+    checks = [
+        check(f"the probe is answered by {target.name}'s kernel", {"answer": "synack", "from": dst}, probe),
+        check(f"{target.name}'s data plane passed the probe to its kernel (ping_pass)", 1, passed),
+        check(
+            "the gateways before it forwarded the probe (ping_fwd)", True, forwarded >= 1, ok=forwarded >= 1
+        ),
+        check(f"an ordinary SYN to {dst} is forwarded past {target.name} (no answer)", None, plain["answer"]),
+    ]
+    moved = ", ".join(f"{port} {k} +{v}" for port, d in delta.items() for k, v in d.items() if v)
+    return checks, f"{target.name}'s kernel answered the probe ({probe.get('answer')}); {moved}"
+
+
 DRIVERS: dict[str, Callable[[Context], tuple[list[Check], str]]] = {
+    "gwping": _drive_gwping,
     "tcp": _drive_example,
     "udp": _drive_example,
     "http": _drive_http,

@@ -22,6 +22,8 @@ from lab.errors import LabError
 from lab.pytest_plugin import scenario_ids
 
 REQUIRED = {
+    "l7-proxy-tcp",
+    "gwping-colocated",
     *(
         f"fullnat-{f}-{p}{m}"
         for f in ("4to4", "6to6", "6to4", "4to6")
@@ -98,13 +100,17 @@ def test_junit_report() -> None:
 def test_nomod_scenarios_on_the_host_engine(tmp_path: Path) -> None:
     """The LB inserts the option (seen in the RS's pcap, naming the client); with no
     module the RS application sees the LB; result.json and the pcaps are written."""
-    scs = scenario.select(["fullnat-4to4-tcp-nomod", "http-4to4-nomod", "fullnat-4to4-tcp"])
+    ids = ["fullnat-4to4-tcp-nomod", "http-4to4-nomod", "fullnat-4to4-tcp", "l7-proxy-tcp-nomod",
+           "gwping-colocated"]  # fmt: skip
+    scs = scenario.select(ids)
     with scenario.Runner("host", out=tmp_path) as runner:
         results = runner.run(scs)
     verdicts = {r.id: (r.verdict, r.reason) for r in results}
     assert verdicts["fullnat-4to4-tcp-nomod"] == ("pass", ""), results[0].checks
     assert verdicts["http-4to4-nomod"] == ("pass", ""), results[1].checks
     assert verdicts["fullnat-4to4-tcp"][0] == "skip"
+    assert verdicts["l7-proxy-tcp-nomod"] == ("pass", ""), results[3].checks
+    assert verdicts["gwping-colocated"] == ("pass", ""), results[4].checks
     saved = json.loads((tmp_path / "fullnat-4to4-tcp-nomod" / "result.json").read_text())
     assert saved["verdict"] == "pass" and saved["kernel"]["engine"] == "host" and saved["checks"]
     pcaps = {Path(p).name for p in saved["pcaps"]}
