@@ -27,11 +27,17 @@
  *   difference and the L4 header stays where it was.  The frame leaves by
  *   bpf_redirect to the RS's port with MACs from lb_rs (the control plane
  *   reads them from the topology); with LB_SVC_VXLAN it is first wrapped in
- *   Ethernet/IPv4/UDP(4789)/VXLAN towards the RS's VTEP.
+ *   Ethernet/IPv4 or IPv6 (the RS side's family)/UDP(4789)/VXLAN towards the
+ *   RS's VTEP.
  *
  * Reverse (RS -> lip:lport, a flow in lb_rev): rebuilt as vip:vport ->
  *   cip:cport in the client's family, no option, redirected to the port the
- *   client's packets came in on, to the MAC they came from.
+ *   client's packets came in on, to the MAC they came from.  The replies of
+ *   a VXLAN service's RS come back through the tunnel, to our VTEP: on an
+ *   RS port, UDP to 4789 for an (address, VNI) of lb_vteps is unwrapped and
+ *   the program runs again on the inner packet (a tail call to itself,
+ *   through lb_self: the verifier checks one copy of the parser), which goes
+ *   the reverse way like any reply.
  *
  * Insertion rule.  TCP: the option rides on every client->RS segment of a
  *   flow until the LB has forwarded an RS->client segment without SYN --
@@ -43,7 +49,7 @@
  *   window again.  UDP: on the first lb_svc.opt_pkts packets of a flow.
  *
  * MSS rule.  Client->RS segments may carry the option (16/40 bytes, plus
- *   50 bytes of VXLAN) and change family (IPv6 header 20 bytes longer than
+ *   50 bytes of VXLAN over IPv4, 70 over IPv6) and change family (IPv6 header 20 bytes longer than
  *   IPv4).  Their size is bounded by the MSS the RS announces, so the
  *   SYN-ACK's MSS is clamped to mss_synack = MTU(RS side) - IP header(RS
  *   family) - option - encapsulation - 20; the SYN's MSS (bounding the RS's
@@ -74,7 +80,8 @@
 
 _Static_assert(sizeof(struct lb_svc_key) == 20, "lb_svc_key");
 _Static_assert(sizeof(struct lb_svc) == 24, "lb_svc");
-_Static_assert(sizeof(struct lb_rs) == 60, "lb_rs");
+_Static_assert(sizeof(struct lb_rs) == 84, "lb_rs");
+_Static_assert(sizeof(struct lb_vtep_key) == 24, "lb_vtep_key");
 _Static_assert(sizeof(struct lb_cfg) == 24, "lb_cfg");
 _Static_assert(sizeof(struct lb_flow_key) == 40, "lb_flow_key");
 _Static_assert(sizeof(struct lb_fwd) == 56, "lb_fwd");
@@ -375,7 +382,7 @@ static __always_inline int lb_forward(struct xdp_md *ctx, struct pkt *p, struct 
 	__builtin_memcpy(e->smac, rs->smac, ETH_ALEN);
 	__builtin_memcpy(e->dmac, rs->dmac, ETH_ALEN);
 	if (svc->flags & LB_SVC_VXLAN) {
-		e->vxlan = 1;
+		e->vxlan = rs->vtep_family;
 		e->vtep_src = rs->vtep_src;
 		e->vtep_dst = rs->vtep_dst;
 		e->vni = rs->vni & 0xffffff;
@@ -478,6 +485,24 @@ int xdp_lb(struct xdp_md *ctx)
 	if (r == P_MALFORMED) {
 		count(LB_C_MALFORMED);
 		return XDP_DROP;
+	}
+	if (r == P_OK && p.proto == IPPROTO_UDP && p.dport == bpf_htons(VXLAN_PORT)) {
+		role = bpf_map_lookup_elem(&lb_ports, &ifindex);
+		if (role && *role == LB_PORT_RS) {
+			r = lb_decap(ctx, &p);
+			if (r < 0) {
+				count(LB_C_ADJUST_FAIL);
+				return XDP_DROP;
+			}
+			if (r > 0) {
+				/* the inner frame, from the top: one program for both */
+				count(LB_C_DECAP);
+				bpf_tail_call(ctx, &lb_self, 0);
+				count(LB_C_DECAP_FAIL);
+				return XDP_DROP;
+			}
+		}
+		r = P_OK;
 	}
 	if (r == P_OK) {
 		sk.vip = p.dst;

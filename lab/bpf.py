@@ -132,12 +132,14 @@ def run_xdp_many(
     map_updates: Sequence[MapUpdate] = (),
     dump_maps: Sequence[str] = (),
     ifindex: int | None = None,
+    self_map: str | None = None,
     timeout: float = 120.0,
     runner: Runner = local_runner,
 ) -> list[XdpResult]:
     """Run PROG of OBJ once per packet (each `repeat` times) in one load of the
     object; map updates apply before the first run, dumps are taken after the
-    last one (every result carries the same dump)."""
+    last one (every result carries the same dump).  `self_map`: a program array
+    of the object that gets the program at key 0 (it tail-calls itself)."""
     if not pkts:
         raise BpfError("run_xdp_many: no packets")
     argv = [str(_tool()), str(obj), "--prog", prog, "--repeat", str(repeat)]
@@ -147,6 +149,8 @@ def run_xdp_many(
         argv += ["--dump-map", m]
     if ifindex is not None:
         argv += ["--ifindex", str(ifindex)]
+    if self_map:
+        argv += ["--self", self_map]
     for pkt in pkts:
         argv += ["--hex", bytes(pkt).hex()]
     doc = _run_tool(argv, timeout, runner)

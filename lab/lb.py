@@ -70,7 +70,7 @@ PROTO = {"tcp": 6, "udp": 17}
 OPT_LEN = {4: 16, 6: 40}  # option bytes by inner (client) family
 IP_HDR = {4: 20, 6: 40}
 TCP_HDR = 20
-VXLAN_OVERHEAD = 50
+VXLAN_OVERHEAD = {4: 50, 6: 70}  # by underlay family: outer IP + UDP + VXLAN + inner Ethernet
 VXLAN_PORT = 4789
 
 # bpf/include/lb.h enum lb_counter, same order
@@ -91,6 +91,8 @@ COUNTERS = (
     "adjust_fail",
     "vxlan",
     "expired",
+    "decap",
+    "decap_fail",
 )
 
 # map names (the kernel keeps 15 characters)
@@ -103,6 +105,7 @@ M_SERVICES, M_VIPS, M_RS, M_LOCAL, M_CFG, M_PORTS = (
     "lb_ports",
 )
 M_FWD, M_REV, M_COUNTERS = "lb_fwd", "lb_rev", "lb_counters"
+M_VTEPS, M_SELF = "lb_vteps", "lb_self"  # the LB's VTEPs; the program itself (prog array, key 0)
 
 
 class LbError(LabError):
@@ -121,6 +124,12 @@ def _mac(m: bytes | str) -> bytes:
     if len(m) != 6:
         raise LbError(f"bad MAC {m!r}")
     return m
+
+
+def vtep_key(addr: IpAddr | str, vni: int) -> bytes:
+    """struct lb_vtep_key: one of the LB's VTEP addresses and a VNI it decapsulates."""
+    a = ipaddress.ip_address(addr)
+    return addr16(a) + struct.pack("<I", vni) + bytes([a.version, 0, 0, 0])
 
 
 def svc_key(vip: IpAddr | str, vport: int, proto: int) -> bytes:
@@ -198,25 +207,32 @@ class Rs:
     ifindex: int | IfIndex
     smac: bytes | str
     dmac: bytes | str
-    vtep_src: str = "0.0.0.0"
+    vtep_src: str = "0.0.0.0"  # VXLAN: the LB's VTEP and the RS's, of one family (the underlay)
     vtep_dst: str = "0.0.0.0"
     inner_smac: bytes | str = b"\0" * 6
     inner_dmac: bytes | str = b"\0" * 6
     vni: int = 0
 
+    @property
+    def vtep_family(self) -> int:
+        return ipaddress.ip_address(self.vtep_src).version
+
     def blob(self) -> Blob:
         """struct lb_rs; the ifindex may be a placeholder filled in when the ops run."""
         a = ipaddress.ip_address(self.rip)
+        src, dst = ipaddress.ip_address(self.vtep_src), ipaddress.ip_address(self.vtep_dst)
+        if src.version != dst.version:
+            raise LbError(f"VTEPs {src} and {dst} are not of one family")
         return Blob.of(
-            addr16(a) + struct.pack("!H", self.rport) + bytes([a.version, 0]),
+            addr16(a) + struct.pack("!H", self.rport) + bytes([a.version, src.version]),
             _u32(self.ifindex),
             _mac(self.smac)
             + _mac(self.dmac)
-            + ipaddress.IPv4Address(self.vtep_src).packed
-            + ipaddress.IPv4Address(self.vtep_dst).packed
+            + struct.pack("<I", self.vni)
+            + addr16(src)
+            + addr16(dst)
             + _mac(self.inner_smac)
-            + _mac(self.inner_dmac)
-            + struct.pack("<I", self.vni),
+            + _mac(self.inner_dmac),
         )
 
     def pack(self) -> bytes:
@@ -227,11 +243,12 @@ def mss_rules(
     client_family: int, rs_family: int, mtu_client: int, mtu_rs: int, vxlan: bool
 ) -> tuple[int, int]:
     """(mss_syn, mss_synack) -- the MSS rule of bpf/lb.c: the SYN-ACK's MSS bounds
-    client->RS segments, which may carry the option (and VXLAN); the SYN's MSS
-    bounds RS->client segments, which change family in NAT64."""
+    client->RS segments, which may carry the option (and VXLAN, whose underlay
+    is the RS side's family); the SYN's MSS bounds RS->client segments, which
+    change family in NAT64."""
     synack = mtu_rs - IP_HDR[rs_family] - OPT_LEN[client_family] - TCP_HDR
     if vxlan:
-        synack -= VXLAN_OVERHEAD
+        synack -= VXLAN_OVERHEAD[rs_family]
     syn = mtu_client - IP_HDR[client_family] - TCP_HDR
     return syn, synack
 
@@ -246,6 +263,7 @@ def entries(
     the port roles.  Interface indexes may be placeholders (a plan's)."""
     out = [(M_CFG, Blob.of(u32(0)), Blob.of(cfg.pack()))]
     vips: set[bytes] = set()
+    vteps: set[bytes] = set()
     for svc, rss, locals_ in svcs:
         if not 0 < len(rss) <= MAX_RS or not 0 < len(locals_) <= MAX_LOCAL:
             raise LbError(
@@ -258,9 +276,12 @@ def entries(
         vips.add(svc_key(svc.vip, 0, 0))
         for i, r in enumerate(rss):
             out.append((M_RS, Blob.of(u32(svc.id * MAX_RS + i)), r.blob()))
+            if svc.flags & SVC_VXLAN:
+                vteps.add(vtep_key(r.vtep_src, r.vni))
         for i, la in enumerate(locals_):
             out.append((M_LOCAL, Blob.of(u32(svc.id * MAX_LOCAL + i)), Blob.of(addr16(la))))
     out.extend((M_VIPS, Blob.of(k), Blob.of(u32(1))) for k in sorted(vips))
+    out.extend((M_VTEPS, Blob.of(k), Blob.of(u32(1))) for k in sorted(vteps))
     out.extend((M_PORTS, Blob.of(_u32(ifx)), Blob.of(u32(role))) for ifx, role in (ports or {}).items())
     return out
 
@@ -382,7 +403,7 @@ def ops(topo: Topology, namespaces: dict[str, str], lab: str, *, lb: str | None 
     cfg = Cfg(float(fn.tcp_idle), float(fn.udp_idle), fn.lport_min, fn.lport_max)
     lb_ns = namespaces[lb_node]
     pin = str(pin_dir(lab))
-    out: list[ProgOp] = [ProgLoad(pin, BPF_OBJ)]
+    out: list[ProgOp] = [ProgLoad(pin, BPF_OBJ, self_map=M_SELF)]
     out += _vxlan_devices(topo, namespaces, svcs)
     for ifname in (fn.client_if, fn.rs_if):
         pnode, pif = _peer(topo, lb_node, ifname)
@@ -444,8 +465,8 @@ def service_config(
         if vx is not None:
             rs = dataclasses.replace(
                 rs,
-                vtep_src=str(topo.node(svc.lb).address(4)),
-                vtep_dst=str(node.address(4)),
+                vtep_src=lb_vtep(topo, svc),
+                vtep_dst=str(node.address(rs_family)),
                 inner_smac=lb_mac,
                 inner_dmac=mac_of(name, vx.dev),
                 vni=vx.vni,
@@ -477,10 +498,22 @@ def service_config(
     return out, rss, list(svc.local)
 
 
+def lb_vtep(topo: Topology, svc: Service) -> str:
+    """The LB's VTEP: its first address of the RS side's family on its RS-side port."""
+    fam = svc.local[0].version
+    port = kinds.fullnat(topo.node(svc.lb)).rs_if
+    for a in topo.node(svc.lb).interfaces.get(port, []):
+        if a.version == fam:
+            return str(a.ip)
+    raise LbError(f"service {svc.name}: {svc.lb}:{port} has no IPv{fam} address for the VXLAN underlay")
+
+
 def _vxlan_devices(topo: Topology, namespaces: dict[str, str], svcs: list[Service]) -> list[ProgOp]:
     """A Linux vxlan device on each real server of a vxlan service (the seed's
     XRS): it decapsulates the LB's packets; the inner packet, option and all, is
-    then received as if it had come in on the wire."""
+    then received as if it had come in on the wire.  The device's remote is the
+    LB's VTEP and the LB's local addresses are routed into it: replies go back
+    through the tunnel, where the LB unwraps them."""
     out: list[ProgOp] = []
     done: set[str] = set()
     for svc in svcs:
@@ -492,8 +525,13 @@ def _vxlan_devices(topo: Topology, namespaces: dict[str, str], svcs: list[Servic
             vx = kinds.vxlan(node)
             if vx is None:
                 raise LbError(f"service {svc.name} is vxlan but real server {name} has no params.vxlan")
-            out.append(VxlanDev(namespaces[name], vx.dev, vx.vni, str(node.address(4)), VXLAN_PORT,
-                                _rs_ifname(topo, name), mac_of(name, vx.dev)))  # fmt: skip
+            fam = svc.local[0].version  # the underlay is the RS side's family
+            fn = kinds.fullnat(topo.node(svc.lb))
+            out.append(VxlanDev(namespaces[name], vx.dev, vx.vni, str(node.address(fam)), VXLAN_PORT,
+                                _rs_ifname(topo, name), mac_of(name, vx.dev),
+                                remote=lb_vtep(topo, svc),
+                                peers=tuple(str(a) for a in svc.local),
+                                peer_mac=mac_of(svc.lb, fn.rs_if)))  # fmt: skip
     return out
 
 

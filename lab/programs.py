@@ -78,7 +78,9 @@ class TxCsumOff:
 
 @dataclass(frozen=True)
 class VxlanDev:
-    """A vxlan device (IPv4 underlay over `lower`), up, without reverse-path filtering."""
+    """A vxlan device over `lower`, up, without reverse-path filtering, bound to
+    the `remote` VTEP; the `peers` (the LB's local addresses) are routed into it,
+    to `peer_mac`, so that replies go back through the tunnel."""
 
     ns: str
     dev: str
@@ -87,6 +89,9 @@ class VxlanDev:
     dstport: int
     lower: str
     mac: str
+    remote: str = ""
+    peers: tuple[str, ...] = ()
+    peer_mac: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,13 @@ class XdpAttach:
 
 @dataclass(frozen=True)
 class ProgLoad:
-    """Load bpf/build/<obj>.o once, program and maps pinned under `pin`."""
+    """Load bpf/build/<obj>.o once, program and maps pinned under `pin`; with
+    `self_map`, the program is put at key 0 of that program array of its own
+    (a program that tail-calls itself)."""
 
     pin: str
     obj: str
+    self_map: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,15 +180,19 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
         raise LabError("programs: every map entry must come after the programs it fills")
     if setup:
         kernel.run(["sh", "-c", setup_script(setup, paths)], "attaching the programs", timeout=180)
+    lines = [  # programs that tail-call themselves, into their own program array
+        f"map update pinned {_tok(op.pin)}/maps/{_tok(op.self_map)} key 0 0 0 0 value pinned {op.pin}/prog"
+        for op in setup if isinstance(op, ProgLoad) and op.self_map
+    ]  # fmt: skip
     if updates:
         ifindex, map_id = _resolve(kernel, updates)
-        lines = []
         for op in updates:
             key, value = op.key.resolve(ifindex), op.value.resolve(ifindex)
             where = f"id {map_id(op.where, op.map)}" if isinstance(op.where, Attached) else (
                 f"pinned {_tok(op.where)}/maps/{_tok(op.map)}")  # fmt: skip
             kv = f"key {' '.join(hexwords(key))} value {' '.join(hexwords(value))}"
             lines.append(f"map update {where} {kv}")
+    if lines:
         kernel.run(["sh", "-c", _bpftool_batch(lines)], f"filling {len(lines)} map entries", timeout=180)
 
 
@@ -203,10 +215,15 @@ def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
     for op in ops:
         match op:
             case VxlanDev():
+                v6 = ":" in op.local  # an IPv6 underlay: the LB sends UDP checksum 0 (RFC 6935)
                 devs.setdefault(op.ns, []).extend([
                     f"link add {_tok(op.dev)} address {_tok(op.mac)} type vxlan id {op.vni} "
-                    f"local {_tok(op.local)} dstport {op.dstport} dev {_tok(op.lower)}",
+                    f"local {_tok(op.local)}" + (f" remote {_tok(op.remote)}" if op.remote else "")
+                    + f" dstport {op.dstport} dev {_tok(op.lower)}" + (" udp6zerocsumrx" if v6 else ""),
                     f"link set {_tok(op.dev)} up",
+                    *(f"route add {_tok(peer)} dev {_tok(op.dev)}" for peer in op.peers),
+                    *(f"neigh add {_tok(peer)} lladdr {_tok(op.peer_mac)} dev {_tok(op.dev)} nud permanent"
+                      for peer in op.peers),
                 ])  # fmt: skip
                 for conf in ("all", op.dev, op.lower):
                     rp = f"/proc/sys/net/ipv4/conf/{_tok(conf)}/rp_filter"

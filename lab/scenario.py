@@ -213,11 +213,13 @@ class Context:
 
 
 def _drive_example(ctx: Context) -> tuple[list[Check], str]:
-    from lab import traffic
+    from lab import lb, traffic
 
     sc, svc = ctx.sc, ctx.svc
     vip, vport, rport = str(svc.vip), svc.port, svc.rs_port
     fam = "-4" if ctx.socket() == "inet" else "-6"  # the example servers' -6 is dual-stack
+    handle = lb.attached(ctx.lab) if svc.vxlan else None
+    before = handle.counters() if handle else {}
     flow = traffic.vip_flow(
         ctx.lab,
         sc.traffic,
@@ -271,6 +273,12 @@ def _drive_example(ctx: Context) -> tuple[list[Check], str]:
         )
         checks.append(check("the echo came back to the client", True, flow.reply))
         saw = f"{rs} from {_ep(ev['peer'])}"
+    if handle is not None:  # the RS's replies came back through the tunnel, unwrapped by the LB
+        after = handle.counters()
+        moved = {k: after[k] - before.get(k, 0) for k in ("vxlan", "decap", "decap_fail")}
+        ok = moved["vxlan"] >= 1 and moved["decap"] >= 1 and moved["decap_fail"] == 0
+        checks.append(check("the LB sent in VXLAN and unwrapped the RS's replies (counters)",
+                            "vxlan >= 1, decap >= 1, decap_fail 0", moved, ok=ok))  # fmt: skip
     if lookup[0]:
         saw += f", lookup {lookup[0]} -> {lookup[1]}"
     elif ev.get("lookup_error"):

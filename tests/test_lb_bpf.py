@@ -21,6 +21,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP, IPOption
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from lab import bpf, lb, scapy_toa, wire
@@ -148,7 +149,7 @@ def dissect(frame: bytes, l2: int = 14, udp_zero_ok: bool = False) -> Out:
         pseudo = pseudo_header(6, src, dst, nh, len(l4))
         out = Out(6, str(ipaddress.IPv6Address(src)), str(ipaddress.IPv6Address(dst)), ip[:off], nh, l4)
     if out.proto == 17 and l4[6:8] == b"\0\0":
-        assert udp_zero_ok and out.family == 4, "UDP checksum missing"
+        assert udp_zero_ok, "UDP checksum missing"  # a tunnel's: RFC 7348 (IPv4), RFC 6935 (IPv6)
         return out
     assert ones_sum(pseudo + l4) == 0xFFFF, "L4 checksum does not verify"
     return out
@@ -514,7 +515,7 @@ def test_vxlan_encapsulation(obj: Path, cfam: int, rfam: int) -> None:
     )
     r = res[0]
     assert r.action == "XDP_REDIRECT"
-    outer = dissect(r.data_out, udp_zero_ok=True)  # RFC 7348: outer UDP checksum 0 over IPv4
+    outer = dissect(r.data_out, udp_zero_ok=True)  # RFC 7348: outer UDP checksum 0
     assert (outer.family, outer.src, outer.dst, outer.proto) == (4, "192.0.2.1", "192.0.2.11", 17)
     assert Ether(r.data_out).dst == RS_MAC
     assert outer.l4[2:4] == (4789).to_bytes(2, "big")
@@ -527,3 +528,89 @@ def test_vxlan_encapsulation(obj: Path, cfam: int, rfam: int) -> None:
     as_plain = bytes.fromhex((RS_MAC + LB1_MAC).replace(":", "")) + inner_frame[12:]
     check_forward(sc, bpf.XdpResult(r.retval, r.action, as_plain, 0, 1), "udp", True, b"vx")
     assert lb.counters(r.maps[lb.M_COUNTERS])["vxlan"] == 1
+
+
+# -- VXLAN both ways: IPv4 and IPv6 underlays, replies through the tunnel ---------------------
+UNDERLAY = {4: ("192.0.2.1", "192.0.2.11"), 6: ("2001:db8:5::1", "2001:db8:5::11")}  # (LB, RS) VTEPs
+VNI, RS_VX_MAC = 42, "02:00:00:00:0a:11"
+
+
+def _vx_updates(sc: Scenario, under: int, role: int = lb.PORT_RS) -> list[bpf.MapUpdate]:
+    """A VXLAN service; the test run's port (lo, ifindex 1) plays the RS side (`role`)."""
+    lbv, rsv = UNDERLAY[under]
+    rs = lb.Rs(sc.rip, RPORT, RS_IFINDEX, LB1_MAC, RS_MAC, lbv, rsv, LB1_MAC, RS_VX_MAC, VNI)
+    svcs = [(lb.Svc(sc.vip, VPORT, p, id=0, n_rs=1, n_local=1, rs_family=sc.rfam, flags=lb.SVC_VXLAN),
+             [rs], [sc.lip]) for p in PROTOS.values()]  # fmt: skip
+    return lb.tables(svcs, lb.Cfg(lport_min=LPORT, lport_max=LPORT), {1: role})
+
+
+def _vx_reply(sc: Scenario, under: int, l4: object, vni: int = VNI, to: str | None = None) -> bytes:
+    """What the RS's vxlan device sends back: its reply inside VXLAN to the LB's VTEP."""
+    lbv, rsv = UNDERLAY[under]
+    outer = IP(src=rsv, dst=to or lbv) if under == 4 else IPv6(src=rsv, dst=to or lbv)
+    inner = Ether(src=RS_VX_MAC, dst=LB1_MAC) / sc.l3(sc.rfam, sc.rip, sc.lip) / l4
+    vx = UDP(sport=51000, dport=4789) / VXLAN(vni=vni)
+    return bytes(Ether(src=RS_MAC, dst=LB1_MAC) / outer / vx / inner)
+
+
+VX_CASES = [(c, r, u) for c, r in FAMILIES for u in (4, 6) if u == r or (c, r) == (4, 4)]
+
+
+@pytest.mark.parametrize(("cfam", "rfam", "under"), VX_CASES,
+                         ids=[f"{c}to{r}-underlay{u}" for c, r, u in VX_CASES])  # fmt: skip
+def test_vxlan_both_ways(obj: Path, cfam: int, rfam: int, under: int) -> None:
+    """Client SYN out in VXLAN over the underlay's family; the RS's SYN-ACK back in
+    VXLAN to the LB's VTEP is unwrapped and goes the reverse way; then the third
+    packet (option) and a UDP datagram and its reply the same way."""
+    sc = Scenario(cfam, rfam)
+    lbv, rsv = UNDERLAY[under]
+    frames = [
+        sc.client(l4seg("tcp", "S")),
+        _vx_reply(sc, under, TCP(sport=RPORT, dport=LPORT, flags="SA", seq=5000, ack=1001)),
+        sc.client(l4seg("tcp", "A", ack=5001)),
+        sc.client(l4seg("udp", payload=b"q", sport=CPORT + 1)),
+        _vx_reply(sc, under, UDP(sport=RPORT, dport=LPORT + 0) / Raw(b"r")),
+    ]
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=_vx_updates(sc, under),
+                           dump_maps=[lb.M_COUNTERS], self_map=lb.M_SELF)  # fmt: skip
+    for i in (0, 2):
+        outer = dissect(res[i].data_out, udp_zero_ok=True)
+        assert (outer.family, outer.src, outer.dst, outer.proto) == (under, lbv, rsv, 17), i
+        assert Ether(outer.l4[16:]).dst == RS_VX_MAC
+        inner = outer.l4[16:]
+        as_plain = bytes.fromhex((RS_MAC + LB1_MAC).replace(":", "")) + inner[12:]
+        check_forward(sc, bpf.XdpResult(0, "XDP_REDIRECT", as_plain, 0, 1), "tcp", True)
+    check_reverse(sc, res[1], "tcp")
+    c = lb.counters(res[0].maps[lb.M_COUNTERS])
+    assert c["decap"] == 2 and c["rev"] == 2 and c["vxlan"] == 3 and c["decap_fail"] == 0, c
+    assert res[4].action == "XDP_REDIRECT"
+    o = dissect(res[4].data_out)
+    assert (o.src, o.dst, ports(o)) == (sc.vip, sc.cip, (VPORT, CPORT + 1))
+
+
+def test_vxlan_not_for_us_is_left_alone(obj: Path) -> None:
+    """VXLAN to another address, with another VNI, or on the client-side port is
+    not unwrapped (the kernel gets it as it came); without the program in lb_self
+    an unwrapped reply is dropped and counted."""
+    sc = Scenario(4, 4)
+    reply = TCP(sport=RPORT, dport=LPORT, flags="SA", seq=5000, ack=1001)
+    frames = [
+        sc.client(l4seg("tcp", "S")),
+        _vx_reply(sc, 4, reply, to="192.0.2.99"),
+        _vx_reply(sc, 4, reply, vni=43),
+    ]
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=_vx_updates(sc, 4),
+                           dump_maps=[lb.M_COUNTERS], self_map=lb.M_SELF)  # fmt: skip
+    assert [r.action for r in res[1:]] == ["XDP_PASS", "XDP_PASS"]
+    assert [r.data_out for r in res[1:]] == frames[1:]
+    assert lb.counters(res[0].maps[lb.M_COUNTERS])["decap"] == 0
+    # on a client-side port: not unwrapped
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, [frames[0], _vx_reply(sc, 4, reply)],
+                           map_updates=_vx_updates(sc, 4, lb.PORT_CLIENT), dump_maps=[lb.M_COUNTERS],
+                           self_map=lb.M_SELF)  # fmt: skip
+    assert res[1].action == "XDP_PASS" and lb.counters(res[0].maps[lb.M_COUNTERS])["decap"] == 0
+    # lb_self empty: unwrapped, then dropped
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, [frames[0], _vx_reply(sc, 4, reply)],
+                           map_updates=_vx_updates(sc, 4), dump_maps=[lb.M_COUNTERS])  # fmt: skip
+    c = lb.counters(res[0].maps[lb.M_COUNTERS])
+    assert res[1].action == "XDP_DROP" and (c["decap"], c["decap_fail"]) == (1, 1)

@@ -70,10 +70,15 @@ def test_rs() -> None:
     )
     check("lb_rs", rs.pack(), {
         "rip": bytes([192, 0, 2, 11]) + bytes(12), "rport": b"\x1f\x90", "family": b"\x04",
-        "ifindex": le("I", 0x0A0B0C0D), "smac": MAC1, "dmac": MAC2,
-        "vtep_src": bytes([192, 0, 2, 2]), "vtep_dst": bytes([192, 0, 2, 11]),
+        "vtep_family": b"\x04", "ifindex": le("I", 0x0A0B0C0D), "smac": MAC1, "dmac": MAC2,
+        "vtep_src": bytes([192, 0, 2, 2]) + bytes(12), "vtep_dst": bytes([192, 0, 2, 11]) + bytes(12),
         "inner_smac": MAC3, "inner_dmac": MAC4, "vni": le("I", 0x00ABCDEF),
     })  # fmt: skip
+
+
+def test_vtep_key() -> None:
+    check("lb_vtep_key", lb.vtep_key(V6A, 0x00ABCDEF), {"addr": V6A.packed, "vni": le("I", 0x00ABCDEF),
+                                                        "family": b"\x06"})  # fmt: skip
 
 
 def test_cfg() -> None:

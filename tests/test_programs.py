@@ -40,7 +40,7 @@ def test_the_lb_ops_of_fullnat_4to4() -> None:
     ns = p.namespaces
     pin = str(pin_dir("p"))
     ops = p.programs
-    assert ops[0] == ProgLoad(pin, "lb")
+    assert ops[0] == ProgLoad(pin, "lb", self_map=lb.M_SELF)
     assert set(ops) >= {
         TxCsumOff(ns["lb"], "eth0"), TxCsumOff(ns["client"], "eth0"),
         XdpAttach(ns["client"], "eth0", "xdp_pass"),
@@ -86,7 +86,12 @@ def test_vxlan_devices_carry_the_plans_macs() -> None:
     assert [(o.dev, o.mac) for o in vx] == [("vx0", mac_of("rs1", "vx0")), ("vx0", mac_of("rs2", "vx0"))]
     rs = next(o for o in p.programs if isinstance(o, MapUpdate) and o.map == lb.M_RS)
     raw = rs.value.resolve(lambda n, i: 1)
-    assert raw[50:56] == mac("rs1", "vx0")  # inner_dmac: the RS's vxlan device
+    assert raw[78:84] == mac("rs1", "vx0")  # inner_dmac: the RS's vxlan device
+    # replies go back through the tunnel: bound to the LB's VTEP, the LB's local address routed into it
+    want = ("192.0.2.1", ("192.0.2.2",), mac_of("lb", "eth1"))
+    assert {(o.remote, o.peers, o.peer_mac) for o in vx} == {want}
+    vteps = [o for o in p.programs if isinstance(o, MapUpdate) and o.map == lb.M_VTEPS]
+    assert [o.key for o in vteps] == [Blob.of(lb.vtep_key("192.0.2.1", 42))]
 
 
 def test_gwping_port_tables() -> None:

@@ -57,17 +57,24 @@ struct lb_rs {
 	union lb_addr rip;
 	__be16 rport;
 	__u8 family;
-	__u8 pad;
+	__u8 vtep_family;	/* VXLAN underlay: 4 or 6 (the RS side's family) */
 	__u32 ifindex;		/* egress port towards the RS */
 	__u8 smac[6];		/* of the egress port */
 	__u8 dmac[6];		/* next hop (the RS or its VTEP) */
-	/* VXLAN (LB_SVC_VXLAN): IPv4 underlay */
-	__be32 vtep_src;
-	__be32 vtep_dst;
+	__u32 vni;		/* VXLAN (LB_SVC_VXLAN) */
+	union lb_addr vtep_src;	/* the LB's VTEP: replies come back to it */
+	union lb_addr vtep_dst;	/* the RS's */
 	__u8 inner_smac[6];
 	__u8 inner_dmac[6];	/* the RS vxlan device */
+};				/* 84 bytes */
+
+/* lb_vteps key: the LB's own VTEP address and a VNI it decapsulates. */
+struct lb_vtep_key {
+	union lb_addr addr;
 	__u32 vni;
-};				/* 60 bytes */
+	__u8 family;
+	__u8 pad[3];
+};				/* 24 bytes */
 
 struct lb_cfg {
 	__u64 tcp_idle_ns;	/* flow state idle lifetime */
@@ -138,6 +145,8 @@ enum lb_counter {
 	LB_C_ADJUST_FAIL,	/* bpf_xdp_adjust_head failed */
 	LB_C_VXLAN,		/* encapsulated */
 	LB_C_EXPIRED,		/* flow state found idle past its lifetime */
+	LB_C_DECAP,		/* RS->LB VXLAN to our VTEP, decapsulated */
+	LB_C_DECAP_FAIL,	/* ... but lb_self is empty: dropped */
 	LB_C_MAX,
 };
 

@@ -3,8 +3,9 @@
  * lb_encap.h - how the fullnat LB writes a frame: the new IPv4 or IPv6
  * header with the TOA/UOA option (IPv4 option 31, or a Destination Options
  * header), the Ethernet header, optionally wrapped in
- * Ethernet/IPv4/UDP/VXLAN, the headroom adjusted and the L4 checksum
- * updated (emit()).
+ * Ethernet/IPv4/UDP/VXLAN or Ethernet/IPv6/UDP/VXLAN, the headroom
+ * adjusted and the L4 checksum updated (emit()); and the way back, a VXLAN
+ * frame from an RS to our VTEP unwrapped (lb_decap()).
  */
 #ifndef TOALAB_LB_ENCAP_H
 #define TOALAB_LB_ENCAP_H
@@ -13,6 +14,13 @@
 #include "lb_parse.h"
 
 #define VXLAN_OVERHEAD	50	/* outer Ethernet is the frame's own: IPv4 + UDP + VXLAN + inner Ethernet */
+#define VXLAN6_OVERHEAD	70	/* the same over IPv6 */
+#define VXLAN_HDR	8
+
+static __always_inline __u32 vxlan_overhead(__u8 underlay)
+{
+	return underlay == 6 ? VXLAN6_OVERHEAD : underlay == 4 ? VXLAN_OVERHEAD : 0;
+}
 
 /* One's complement sum of the address words of one family; @neg: subtract. */
 static __always_inline __u32 csum_addr(__u32 acc, const union lb_addr *a, __u8 family, int neg)
@@ -113,11 +121,29 @@ static __always_inline int write_l3(void *pos, void *data_end, const struct pkt 
 	return 0;
 }
 
-/* Ethernet (+ VXLAN underlay when asked) at @data; returns the L3 offset or -1. */
+/* UDP/VXLAN/inner Ethernet after the outer IP header, at @uh. */
+static __always_inline void write_vxlan(struct udphdr *uh, const struct emit *e, __u32 inner)
+{
+	__be32 *vx = (void *)(uh + 1);
+	struct ethhdr *in = (void *)(vx + 2);
+
+	uh->source = e->vx_sport;
+	uh->dest = bpf_htons(VXLAN_PORT);
+	uh->len = bpf_htons(sizeof(*uh) + VXLAN_HDR + inner);
+	uh->check = 0;	/* RFC 7348 over IPv4; over IPv6 the RS's device takes zero (RFC 6935) */
+	vx[0] = bpf_htonl(0x08000000);
+	vx[1] = bpf_htonl(e->vni << 8);
+	__builtin_memcpy(in->h_dest, e->inner_dmac, ETH_ALEN);
+	__builtin_memcpy(in->h_source, e->inner_smac, ETH_ALEN);
+	in->h_proto = bpf_htons(e->family == 4 ? ETH_P_IP : ETH_P_IPV6);
+}
+
+/* Ethernet (+ the VXLAN underlay when asked) at @data; returns the L3 offset or -1. */
 static __always_inline int write_l2(void *data, void *data_end, const struct emit *e,
 				    __u32 l3out, __u32 l4len)
 {
 	struct ethhdr *eth = data;
+	__u32 inner = sizeof(struct ethhdr) + l3out + l4len;
 
 	if ((void *)(eth + 1) > data_end)
 		return -1;
@@ -127,38 +153,74 @@ static __always_inline int write_l2(void *data, void *data_end, const struct emi
 		eth->h_proto = bpf_htons(e->family == 4 ? ETH_P_IP : ETH_P_IPV6);
 		return sizeof(*eth);
 	}
-	{
+	if (e->vxlan == 4) {
 		struct iphdr *ip = (void *)(eth + 1);
-		struct udphdr *uh = (void *)(ip + 1);
-		__be32 *vx = (void *)(uh + 1);
-		struct ethhdr *in = (void *)(vx + 2);
-		__u32 inner = sizeof(*in) + l3out + l4len;
 
-		if ((void *)(in + 1) > data_end)
+		if (data + sizeof(*eth) + VXLAN_OVERHEAD > data_end)
 			return -1;
 		eth->h_proto = bpf_htons(ETH_P_IP);
 		*(__u8 *)ip = 0x45;
 		ip->tos = 0;
-		ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*uh) + 8 + inner);
+		ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(struct udphdr) + VXLAN_HDR + inner);
 		ip->id = 0;
 		ip->frag_off = bpf_htons(IP_DF_BIT);
 		ip->ttl = 64;
 		ip->protocol = IPPROTO_UDP;
 		ip->check = 0;
-		ip->saddr = e->vtep_src;
-		ip->daddr = e->vtep_dst;
+		ip->saddr = e->vtep_src.v4;
+		ip->daddr = e->vtep_dst.v4;
 		ip->check = ipv4_hdr_csum20(ip);
-		uh->source = e->vx_sport;
-		uh->dest = bpf_htons(VXLAN_PORT);
-		uh->len = bpf_htons(sizeof(*uh) + 8 + inner);
-		uh->check = 0;
-		vx[0] = bpf_htonl(0x08000000);
-		vx[1] = bpf_htonl(e->vni << 8);
-		__builtin_memcpy(in->h_dest, e->inner_dmac, ETH_ALEN);
-		__builtin_memcpy(in->h_source, e->inner_smac, ETH_ALEN);
-		in->h_proto = bpf_htons(e->family == 4 ? ETH_P_IP : ETH_P_IPV6);
+		write_vxlan((void *)(ip + 1), e, inner);
 		return sizeof(*eth) + VXLAN_OVERHEAD;
 	}
+	{
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if (data + sizeof(*eth) + VXLAN6_OVERHEAD > data_end)
+			return -1;
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		*(__be32 *)ip6 = bpf_htonl(6u << 28);
+		ip6->payload_len = bpf_htons(sizeof(struct udphdr) + VXLAN_HDR + inner);
+		ip6->nexthdr = IPPROTO_UDP;
+		ip6->hop_limit = 64;
+		__builtin_memcpy(&ip6->saddr, e->vtep_src.b, 16);
+		__builtin_memcpy(&ip6->daddr, e->vtep_dst.b, 16);
+		write_vxlan((void *)(ip6 + 1), e, inner);
+		return sizeof(*eth) + VXLAN6_OVERHEAD;
+	}
+}
+
+/*
+ * A VXLAN frame (@p: its outer UDP to port 4789, parsed) for one of our
+ * VTEPs and VNIs (lb_vteps) loses its outer Ethernet/IP/UDP/VXLAN headers:
+ * the inner frame, the RS's reply, is then at ctx->data.  1 when done, 0 when
+ * it is no VXLAN of ours (left as it was), -1 when it cannot be unwrapped.
+ */
+static __always_inline int lb_decap(struct xdp_md *ctx, const struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct lb_vtep_key vk = {};
+	__u32 off = p->l4off;
+	__be32 *vx;
+
+	if (off > sizeof(struct ethhdr) + LB_L3_MAX)
+		return 0;
+	off = lb_bound(off, 0x1ff);
+	vx = data + off + sizeof(struct udphdr);
+	if ((void *)(vx + 2) > data_end || data + off + sizeof(struct udphdr) + VXLAN_HDR +
+	    sizeof(struct ethhdr) > data_end)
+		return 0;
+	if (!(vx[0] & bpf_htonl(0x08000000)))
+		return 0;	/* no VNI */
+	vk.addr = p->dst;
+	vk.family = p->family;
+	vk.vni = bpf_ntohl(vx[1]) >> 8;
+	if (!bpf_map_lookup_elem(&lb_vteps, &vk))
+		return 0;
+	if (bpf_xdp_adjust_head(ctx, off + sizeof(struct udphdr) + VXLAN_HDR))
+		return -1;
+	return 1;
 }
 
 /*
@@ -213,7 +275,7 @@ static __always_inline int emit(struct xdp_md *ctx, const struct pkt *p, const s
 	ports[0] = e->sport;
 	ports[1] = e->dport;
 
-	delta = (int)(sizeof(struct ethhdr) + l3out + (e->vxlan ? VXLAN_OVERHEAD : 0)) - (int)l4off;
+	delta = (int)(sizeof(struct ethhdr) + l3out + vxlan_overhead(e->vxlan)) - (int)l4off;
 	if (bpf_xdp_adjust_head(ctx, -delta))
 		return LB_C_ADJUST_FAIL;
 	data = (void *)(long)ctx->data;

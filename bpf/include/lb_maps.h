@@ -55,6 +55,23 @@ struct {
 	__type(value, __u32);
 } lb_ports SEC(".maps");
 
+/* the LB's VTEPs (address, VNI) of the VXLAN services: RS replies to them are decapsulated */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_SERVICES * 2);
+	__type(key, struct lb_vtep_key);
+	__type(value, __u32);
+} lb_vteps SEC(".maps");
+
+/* the program itself at key 0 (the control plane puts it there): a decapsulated
+ * VXLAN reply runs it again from the top */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb_self SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_FLOWS);
@@ -105,13 +122,13 @@ struct emit {
 	__be16 vx_sport;
 	__u8 family;
 	__u8 optlen;		/* 0, 16 or 40 */
-	__u8 vxlan;
+	__u8 vxlan;		/* 0, or the underlay's family: 4 or 6 */
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u8 inner_smac[6];
 	__u8 inner_dmac[6];
-	__be32 vtep_src;
-	__be32 vtep_dst;
+	union lb_addr vtep_src;
+	union lb_addr vtep_dst;
 	__u32 vni;
 };
 

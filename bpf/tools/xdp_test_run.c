@@ -14,6 +14,8 @@
  *   --map-update MAP KEYHEX VALHEX   before running (repeatable); a per-CPU
  *                        map gets VALHEX on every CPU
  *   --dump-map MAP       after running, dump MAP (repeatable)
+ *   --self MAP           put the program itself at key 0 of the program array
+ *                        MAP (a program that tail-calls itself)
  *   --load-only          load (verifier) and report, run nothing
  *
  * Output: {"prog": ..., "results": [{"retval", "action", "data_out",
@@ -59,6 +61,7 @@ struct opts {
 	int nupd;
 	const char *dump[MAX_MAPOPS];
 	int ndump;
+	const char *self;	/* --self: a program array to hold the program */
 };
 
 static int verbose;
@@ -68,7 +71,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: xdp_test_run OBJ --prog NAME [--hex HEX|--file PATH]... [--repeat N]\n"
 		"                    [--ifindex N] [--map-update MAP KEYHEX VALHEX]...\n"
-		"                    [--dump-map MAP]... [--load-only] [-v]\n");
+		"                    [--dump-map MAP]... [--self MAP] [--load-only] [-v]\n");
 	exit(2);
 }
 
@@ -344,6 +347,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 			if (o->ndump >= MAX_MAPOPS)
 				die("%s", "too many --dump-map");
 			o->dump[o->ndump++] = argv[++i];
+		} else if (!strcmp(a, "--self") && more >= 1) {
+			o->self = argv[++i];
 		} else if (!strcmp(a, "--load-only")) {
 			o->load_only = 1;
 		} else if (!strcmp(a, "-v")) {
@@ -388,6 +393,13 @@ int main(int argc, char **argv)
 
 	for (int i = 0; i < o.nupd; i++)
 		map_update(obj, &o.upd[i], ncpu);
+	if (o.self) {
+		__u32 zero = 0;
+
+		if (bpf_map__update_elem(find_map(obj, o.self), &zero, sizeof(zero), &fd,
+					 sizeof(fd), BPF_ANY))
+			die("putting the program into %s failed", o.self);
+	}
 
 	printf("{\"prog\": \"%s\"", o.prog);
 	if (o.load_only) {
