@@ -35,8 +35,14 @@ if TYPE_CHECKING:
 PIN_ROOT = Path("/sys/fs/bpf/toalab")
 
 
+_LAB = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")  # lab.net's rule for lab names
+
+
 def pin_dir(lab: str) -> Path:
-    """Where a lab's pinned programs and maps live (in its kernel's bpffs)."""
+    """Where a lab's pinned programs and maps live (in its kernel's bpffs); the
+    name is checked, as it reaches rm -rf (it may come from a listing)."""
+    if not _LAB.match(lab):
+        raise LabError(f"refusing {lab!r} as a lab's pin directory name")
     return PIN_ROOT / lab
 
 
@@ -161,11 +167,13 @@ def objects(ops: Iterable[ProgOp]) -> list[str]:
 
 
 def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
-    """Run the ops in the kernel, in three round trips whatever their number: one
+    """Run the ops in the kernel, in two round trips whatever their number: one
     shell script for the programs, devices and attachments (one ip -batch per
-    namespace), one query for the interface indexes and map ids, one bpftool
-    batch of map updates.  Under TCG a process costs tens of milliseconds
-    in a guest, so the count matters more than anything else.  A failure is a
+    namespace, the namespaces and the program loads in parallel), ending with
+    the interface indexes and map ids the entries refer to; one bpftool batch
+    of map updates.  Under TCG a process costs a tenth of a second in a guest
+    and the verifier seconds, so the count and the overlap matter more than
+    anything else.  A failure is a
     LabError with the failing command's message; what ran before it is the
     caller's to undo (the engine's down)."""
     if not ops:
@@ -178,14 +186,18 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
     setup = [op for op in ops if not isinstance(op, MapUpdate)]
     if ops[len(setup) :] != updates:
         raise LabError("programs: every map entry must come after the programs it fills")
+    nss, ids = _references(updates)
     if setup:
-        kernel.run(["sh", "-c", setup_script(setup, paths)], "attaching the programs", timeout=180)
+        script = setup_script(setup, paths, nss, with_ids=ids)
+        listing = kernel.run(["sh", "-c", script], "attaching the programs", timeout=180)
+    elif updates:
+        listing = kernel.run(["sh", "-c", "; ".join(_listing(nss, ids))], "reading interfaces and map ids")
     lines = [  # programs that tail-call themselves, into their own program array
         f"map update pinned {_tok(op.pin)}/maps/{_tok(op.self_map)} key 0 0 0 0 value pinned {op.pin}/prog"
         for op in setup if isinstance(op, ProgLoad) and op.self_map
     ]  # fmt: skip
     if updates:
-        ifindex, map_id = _resolve(kernel, updates)
+        ifindex, map_id = _resolve(listing)
         for op in updates:
             key, value = op.key.resolve(ifindex), op.value.resolve(ifindex)
             where = f"id {map_id(op.where, op.map)}" if isinstance(op.where, Attached) else (
@@ -196,22 +208,30 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
         kernel.run(["sh", "-c", _bpftool_batch(lines)], f"filling {len(lines)} map entries", timeout=180)
 
 
-def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
-    """The shell script of everything but the map entries, in phases: programs
-    loaded and pinned, vxlan devices, offloads, attachments."""
-    out = ["set -e"]
+def setup_script(
+    ops: Sequence[ProgOp], paths: dict[str, Path], listing: Sequence[str] = (), *, with_ids: bool = False
+) -> str:
+    """The shell script of everything but the map entries.  Phase 1 runs in
+    parallel: each program load (the verifier: seconds in a TCG guest) beside
+    each namespace's chain of vxlan devices, offloads and iproute2
+    attachments; phase 2 attaches the pinned programs; then the links of the
+    `listing` namespaces (and the programs and maps, when a map entry names an
+    attached program) are printed for the map entries' placeholders (_resolve),
+    sparing a round trip."""
+    out = ["set -e", "rc=0; pids="]
     loads = [op for op in ops if isinstance(op, ProgLoad)]
     if loads:
         out.append("grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf")
+    jobs: list[str] = []
     for op in loads:
         pin = shlex.quote(op.pin)
-        out.append(f"rm -rf {pin} && mkdir -p {pin}/maps")
         obj = shlex.quote(str(paths[op.obj]))
-        out.append(f"bpftool prog load {obj} {pin}/prog type xdp pinmaps {pin}/maps")
-    devs: dict[str, list[str]] = {}  # ip -batch lines per namespace: devices, then attachments
-    attach: dict[str, list[str]] = {}
-    pinned: dict[str, list[str]] = {}  # bpftool batch lines per namespace
+        jobs.append(f"rm -rf {pin} && mkdir -p {pin}/maps && "
+                    f"bpftool prog load {obj} {pin}/prog type xdp pinmaps {pin}/maps")  # fmt: skip
+    devs: dict[str, list[str]] = {}  # ip -batch lines per namespace: devices
     shell_ns: dict[str, list[str]] = {}  # commands inside the namespace, once its devices exist
+    attach: dict[str, list[str]] = {}  # ip -batch lines per namespace: attachments
+    pinned: dict[str, list[str]] = {}  # bpftool batch lines per namespace
     for op in ops:
         match op:
             case VxlanDev():
@@ -230,23 +250,38 @@ def setup_script(ops: Sequence[ProgOp], paths: dict[str, Path]) -> str:
                     shell_ns.setdefault(op.ns, []).append(f"echo 0 > {rp}")
             case TxCsumOff():
                 shell_ns.setdefault(op.ns, []).append(f"ethtool -K {_tok(op.ifname)} tx off >/dev/null")
-    out += [_ip_batch(ns, lines) for ns, lines in devs.items()]
-    for ns, cmds in shell_ns.items():
-        out.append(f"ip netns exec {_tok(ns)} sh -c {shlex.quote('set -e; ' + '; '.join(cmds))}")
-    for op in ops:
-        match op:
             case XdpAttach():
-                flag = XDP_MODES[op.mode]
                 obj = _tok(str(paths[op.obj]))
-                line = f"link set dev {_tok(op.ifname)} {flag} obj {obj} sec {_tok(op.sec)}"
+                line = f"link set dev {_tok(op.ifname)} {XDP_MODES[op.mode]} obj {obj} sec {_tok(op.sec)}"
                 attach.setdefault(op.ns, []).append(line)
             case XdpAttachPinned():
                 line = f"net attach xdpdrv pinned {_tok(op.pin)}/prog dev {_tok(op.ifname)} overwrite"
                 pinned.setdefault(op.ns, []).append(line)
-    out += [_ip_batch(ns, lines) for ns, lines in attach.items()]
+    for ns in dict.fromkeys([*devs, *shell_ns, *attach]):
+        chain = []
+        if ns in devs:
+            chain.append(_ip_batch(ns, devs[ns]))
+        if ns in shell_ns:  # /proc/sys/net and ethtool follow the network namespace: nsenter is enough
+            cmds = shlex.quote("set -e; " + "; ".join(shell_ns[ns]))
+            chain.append(f"nsenter --net=/run/netns/{_tok(ns)} sh -c {cmds}")
+        if ns in attach:
+            chain.append(_ip_batch(ns, attach[ns]))
+        jobs.append(" && ".join(chain))
+    out += [f'( {job} ) & pids="$pids $!"' for job in jobs]
+    out.append('for p in $pids; do wait "$p" || rc=1; done; [ "$rc" = 0 ]')
     # bpftool in the namespace's network only: ip -n would remount /sys, hiding the bpffs
     out += [_bpftool_batch(lines, f"nsenter --net=/run/netns/{_tok(ns)} ") for ns, lines in pinned.items()]
+    out += _listing(listing, with_ids)
     return "\n".join(out) + "\n"
+
+
+def _listing(namespaces: Sequence[str], attached: bool) -> list[str]:
+    """Shell printing what _resolve reads: each namespace's links (JSON, '@ns NS'
+    sections) and, with `attached`, the programs and maps ('@progs', '@maps')."""
+    out = [f"echo '@ns {_tok(ns)}'; ip -n {_tok(ns)} -j -d link show" for ns in namespaces]
+    if attached and namespaces:
+        out += ["echo '@progs'; bpftool -j prog show", "echo '@maps'; bpftool -j map show"]
+    return out
 
 
 def _bpftool_batch(lines: list[str], prefix: str = "") -> str:
@@ -265,23 +300,22 @@ def _bpftool_batch(lines: list[str], prefix: str = "") -> str:
     )
 
 
-def _ip_batch(ns: str, lines: list[str]) -> str:
-    return f"ip -n {_tok(ns)} -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF"
+def _ip_batch(ns: str, lines: list[str], *, force: bool = False) -> str:
+    """One ip -batch in a namespace, on one line (so that it chains with && and &)."""
+    words = " ".join(shlex.quote(line) for line in lines)
+    return f"printf '%s\\n' {words} | ip -n {_tok(ns)}{' -force' if force else ''} -batch -"
 
 
-def _resolve(
-    kernel: KernelHandle, updates: Sequence[MapUpdate]
-) -> tuple[Callable[[str, str], int], Callable[[str | Attached, str], int]]:
-    """One query for what the entries refer to: the links of every namespace
-    involved (interface indexes, attached programs) and, when a program was
-    attached by iproute2, the programs' and maps' ids."""
+def _references(updates: Sequence[MapUpdate]) -> tuple[list[str], bool]:
+    """What the entries refer to: the namespaces whose interface indexes (or
+    attached programs) they name, and whether they need programs' map ids."""
     refs = {p.ns for op in updates for b in (op.key, op.value) for p in b.parts if isinstance(p, IfIndex)}
     nss = sorted(refs | {op.where.ns for op in updates if isinstance(op.where, Attached)})
-    ids = any(isinstance(op.where, Attached) for op in updates)
-    parts = [f"echo '@ns {_tok(ns)}'; ip -n {_tok(ns)} -j -d link show" for ns in nss]
-    if ids:
-        parts += ["echo '@progs'; bpftool -j prog show", "echo '@maps'; bpftool -j map show"]
-    out = kernel.run(["sh", "-c", "; ".join(parts)], "reading interfaces and map ids")
+    return nss, any(isinstance(op.where, Attached) for op in updates)
+
+
+def _resolve(out: str) -> tuple[Callable[[str, str], int], Callable[[str | Attached, str], int]]:
+    """The interface indexes and map ids of a _listing's output."""
     links: dict[str, dict[str, dict]] = {}
     progs: list[dict] = []
     maps: list[dict] = []
@@ -329,28 +363,44 @@ def _tok(s: str) -> str:
 
 
 def undo(kernel: KernelHandle, ops: Sequence[ProgOp], lab: str) -> None:
-    """What apply(ops) did, removed from a lab that stays up: programs detached,
-    vxlan devices deleted, pins removed.  (Taking a lab down needs only
-    teardown: its namespaces take the rest with them.)"""
+    """What apply(ops) did, removed from a lab that stays up, in one round trip:
+    programs detached and vxlan devices deleted (one ip -batch per namespace,
+    the namespaces in parallel), pins removed.  Best effort: what is already
+    gone is no error.  (Taking a lab down needs only teardown: its namespaces
+    take the rest with them.)"""
+    kernel.exec(["sh", "-c", undo_script(ops, lab)], timeout=120)
+
+
+def undo_script(ops: Sequence[ProgOp], lab: str) -> str:
+    lines: dict[str, list[str]] = {}
     for op in reversed(ops):
         match op:
             case XdpAttach() | XdpAttachPinned():
-                kernel.detach_xdp(op.ns, op.ifname)
+                lines.setdefault(op.ns, []).extend(
+                    f"link set dev {_tok(op.ifname)} {flag} off" for flag in ("xdpdrv", "xdpgeneric")
+                )
             case VxlanDev():
-                kernel.exec(["ip", "-n", op.ns, "link", "del", op.dev])
-    teardown(kernel, lab)
+                lines.setdefault(op.ns, []).append(f"link del {_tok(op.dev)}")
+    # -force: ip -batch carries on past a line that fails (a device already gone)
+    out = [f"( {_ip_batch(ns, cmds, force=True)} ) 2>/dev/null &" for ns, cmds in lines.items()]
+    out += ["wait", *_teardown_lines(lab)]
+    return "\n".join(out) + "\n"
 
 
 def teardown(kernel: KernelHandle, lab: str) -> None:
     """Remove what outlives a lab's namespaces: its pinned programs and maps."""
-    kernel.exec(["rm", "-rf", str(pin_dir(lab))])
-    kernel.exec(["rmdir", str(PIN_ROOT)])  # when empty
+    kernel.exec(["sh", "-c", "; ".join(_teardown_lines(lab))])
+
+
+def _teardown_lines(lab: str) -> list[str]:
+    pins, root = shlex.quote(str(pin_dir(lab))), shlex.quote(str(PIN_ROOT))
+    return [f"rm -rf {pins}", f"rmdir {root} 2>/dev/null || true"]  # the root when empty
 
 
 def teardown_all(kernel: KernelHandle) -> list[str]:
     """Every lab's pins (what toalab down --all finds left over); what was removed."""
     listing = kernel.exec(["ls", "-1", str(PIN_ROOT)])
-    labs = listing.stdout.split() if listing.returncode == 0 else []
+    labs = [n for n in listing.stdout.split() if _LAB.match(n)] if listing.returncode == 0 else []
     for lab in labs:
         teardown(kernel, lab)
     return [str(pin_dir(lab)) for lab in labs]

@@ -35,7 +35,7 @@ from lab.net import Lab
 
 pytestmark = [pytest.mark.host, pytest.mark.bpf]
 
-CASES = ["fullnat-4to4", "fullnat-6to6", "fullnat-6to4", "fullnat-4to4-vxlan"]
+CASES = ["fullnat-4to4", "fullnat-6to6", "fullnat-6to4", "fullnat-4to4-vxlan", "fullnat-6to6-vxlan"]
 
 
 @dataclass
@@ -164,3 +164,21 @@ def test_tcp_and_udp_through_vip(lab_name: str, tmp_path: Path, topo_file: str) 
     exp_u = wire.AddrOption(cip, ucport, vip, vport)
     assert scapy_toa.extract(dgrams[0]) == (exp_u, outer)
     assert _opt_bytes(dgrams[0]) == (exp_u.pack_ipv4() if outer == "ipv4" else exp_u.pack_ipv6(17))
+
+
+def test_detach_removes_what_attach_made_and_attach_again_works(lab_name: str) -> None:
+    """detach (programs.undo, one round trip): no XDP program on any port the LB
+    or its peers ran one, no vxlan device on the real servers, no pins; a new
+    attach brings all of it back."""
+    with lb_lab(lab_name, "fullnat-4to4-vxlan") as L:
+        k = L.lab.kernel()
+        ports = [("lb", "eth0"), ("lb", "eth1"), ("client", "eth0"), ("switch", "p0")]
+        L.handle.detach()
+        assert [k.xdp_prog_id(L.ns(n), i) for n, i in ports] == [None] * 4
+        for rs in ("rs1", "rs2"):
+            assert "vx0" not in k.exec(["ip", "-n", L.ns(rs), "-o", "link", "show"]).stdout, rs
+        assert not (programs.PIN_ROOT / lab_name).exists()
+        again = lb.attach(L.lab)
+        assert all(k.xdp_prog_id(L.ns(n), i) is not None for n, i in ports)
+        assert k.xdp_prog_id(L.ns("lb"), "eth0") == again.prog_id
+        assert "vx0" in k.exec(["ip", "-n", L.ns("rs1"), "-o", "link", "show"]).stdout
