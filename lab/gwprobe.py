@@ -56,37 +56,45 @@ def probe_packet(src: str, dst: str, sport: int, dport: int, seq: int, tsval: in
 
 
 # -- one probe from a lab node, on any engine ---------------------------------------------------
-# Sends one IPv4 packet (hex argv[1]) from a raw socket; prints the first SYN-ACK
-# or RST to its source port within 3 s.  Plain python3, no scapy: it starts in
-# a fraction of a second even in a TCG guest.
-_SEND_ONE = (
+# Sends IPv4 packets (hex, argv[2:]) to argv[1] from a raw socket, one after the
+# other; prints, per packet, the first SYN-ACK or RST to its source port within
+# 3 s.  Plain python3, no scapy, one start for all: a second or more in a TCG guest.
+_SEND = (
     "import json, select, socket, struct, sys, time\n"
-    "pkt = bytes.fromhex(sys.argv[1]); sport = struct.unpack('!H', pkt[20:22])[0]\n"
     "r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
-    "s.sendto(pkt, (sys.argv[2], 0))\n"
-    "end = time.time() + 3\n"
-    "while time.time() < end:\n"
-    "    if not select.select([r], [], [], 0.1)[0]:\n"
-    "        continue\n"
-    "    d = r.recv(65535); t = d[(d[0] & 15) * 4:]\n"
-    "    if struct.unpack('!H', t[2:4])[0] == sport and t[13] & 0x16 in (0x12, 0x04, 0x14):\n"
-    "        kind = 'synack' if t[13] & 0x12 == 0x12 else 'rst'\n"
-    "        print(json.dumps({'answer': kind, 'from': socket.inet_ntoa(d[12:16])})); sys.exit(0)\n"
-    "print(json.dumps({'answer': None}))\n"
+    "for h in sys.argv[2:]:\n"
+    "    pkt = bytes.fromhex(h); sport = struct.unpack('!H', pkt[20:22])[0]\n"
+    "    s.sendto(pkt, (sys.argv[1], 0)); end = time.time() + 3; out = {'answer': None}\n"
+    "    while time.time() < end:\n"
+    "        if not select.select([r], [], [], 0.1)[0]:\n"
+    "            continue\n"
+    "        d = r.recv(65535); t = d[(d[0] & 15) * 4:]\n"
+    "        if struct.unpack('!H', t[2:4])[0] == sport and t[13] & 0x16 in (0x12, 0x04, 0x14):\n"
+    "            kind = 'synack' if t[13] & 0x12 == 0x12 else 'rst'\n"
+    "            out = {'answer': kind, 'from': socket.inet_ntoa(d[12:16])}; break\n"
+    "    print(json.dumps(out), flush=True)\n"
 )
 
 
-def probe_from(lab: Any, node: str, src: str, dst: str, sport: int, dport: int, tsval: int = MAGIC) -> dict:
-    """One IPv4 probe SYN (built here) sent from `node` of a running lab;
-    {"answer": "synack"|"rst"|None, "from": addr}."""
+def probes_from(
+    lab: Any, node: str, src: str, dst: str, dport: int, probes: Sequence[tuple[int, int]]
+) -> list[dict]:
+    """IPv4 probe SYNs (built here), one per (sport, tsval), sent from `node` of a
+    running lab one after the other; each {"answer": "synack"|"rst"|None, "from": addr}."""
     import json
 
-    pkt = bytes(probe_packet(src, dst, sport, dport, 1000 + sport, tsval))
-    r = lab.exec(node, ["python3", "-c", _SEND_ONE, pkt.hex(), dst], timeout=60)
-    if r.returncode != 0:
-        raise LabError(f"sending a probe from {node} failed: {r.stderr.strip()[-300:]}")
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    pkts = [bytes(probe_packet(src, dst, sport, dport, 1000 + sport, tsval)).hex() for sport, tsval in probes]
+    r = lab.exec(node, ["python3", "-c", _SEND, dst, *pkts], timeout=60)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or len(lines) != len(pkts):
+        raise LabError(f"sending probes from {node} failed: {r.stderr.strip()[-300:]}")
+    return [dict(json.loads(line)) for line in lines]
+
+
+def probe_from(lab: Any, node: str, src: str, dst: str, sport: int, dport: int, tsval: int = MAGIC) -> dict:
+    """One probe: probes_from with one (sport, tsval)."""
+    return probes_from(lab, node, src, dst, dport, [(sport, tsval)])[0]
 
 
 # -- the prober -----------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def objects(ops: Iterable[ProgOp]) -> list[str]:
     return sorted({op.obj for op in ops if isinstance(op, XdpAttach | ProgLoad)})
 
 
-def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
+def apply(kernel: KernelHandle, ops: Sequence[ProgOp], *, prelude: str = "") -> None:
     """Run the ops in the kernel, in two round trips whatever their number: one
     shell script for the programs, devices and attachments (one ip -batch per
     namespace, the namespaces and the program loads in parallel), ending with
@@ -175,8 +175,9 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
     and the verifier seconds, so the count and the overlap matter more than
     anything else.  A failure is a
     LabError with the failing command's message; what ran before it is the
-    caller's to undo (the engine's down)."""
-    if not ops:
+    caller's to undo (the engine's down).  `prelude`: shell to run first, while
+    the programs load (setup_script)."""
+    if not ops and not prelude:
         return
     from lab import bpf  # builds the objects on the host on first use
 
@@ -187,9 +188,10 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
     if ops[len(setup) :] != updates:
         raise LabError("programs: every map entry must come after the programs it fills")
     nss, ids = _references(updates)
-    if setup:
-        script = setup_script(setup, paths, nss, with_ids=ids)
-        listing = kernel.run(["sh", "-c", script], "attaching the programs", timeout=180)
+    if setup or prelude:
+        script = setup_script(setup, paths, nss, with_ids=ids, prelude=prelude)
+        what = "building the lab and attaching its programs" if prelude else "attaching the programs"
+        listing = kernel.run(["sh", "-c", script], what, timeout=180)
     elif updates:
         listing = kernel.run(["sh", "-c", "; ".join(_listing(nss, ids))], "reading interfaces and map ids")
     lines = [  # programs that tail-call themselves, into their own program array
@@ -209,7 +211,12 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp]) -> None:
 
 
 def setup_script(
-    ops: Sequence[ProgOp], paths: dict[str, Path], listing: Sequence[str] = (), *, with_ids: bool = False
+    ops: Sequence[ProgOp],
+    paths: dict[str, Path],
+    listing: Sequence[str] = (),
+    *,
+    with_ids: bool = False,
+    prelude: str = "",
 ) -> str:
     """The shell script of everything but the map entries.  Phase 1 runs in
     parallel: each program load (the verifier: seconds in a TCG guest) beside
@@ -217,8 +224,10 @@ def setup_script(
     attachments; phase 2 attaches the pinned programs; then the links of the
     `listing` namespaces (and the programs and maps, when a map entry names an
     attached program) are printed for the map entries' placeholders (_resolve),
-    sparing a round trip."""
-    out = ["set -e", "rc=0; pids="]
+    sparing a round trip.  A `prelude` (the plan's shell: the namespaces and
+    links the rest needs) runs while the programs load.  Nothing started here
+    outlives the script, failed or not."""
+    out = ["set -e", "trap wait EXIT", "rc=0; _loads=; _jobs="]
     loads = [op for op in ops if isinstance(op, ProgLoad)]
     if loads:
         out.append("grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf")
@@ -226,8 +235,11 @@ def setup_script(
     for op in loads:
         pin = shlex.quote(op.pin)
         obj = shlex.quote(str(paths[op.obj]))
-        jobs.append(f"rm -rf {pin} && mkdir -p {pin}/maps && "
-                    f"bpftool prog load {obj} {pin}/prog type xdp pinmaps {pin}/maps")  # fmt: skip
+        load = f"rm -rf {pin} && mkdir -p {pin}/maps && "
+        load += f"bpftool prog load {obj} {pin}/prog type xdp pinmaps {pin}/maps"
+        out.append(f'( {load} ) & _loads="$_loads $!"')
+    if prelude:
+        out.append(prelude.rstrip("\n"))
     devs: dict[str, list[str]] = {}  # ip -batch lines per namespace: devices
     shell_ns: dict[str, list[str]] = {}  # commands inside the namespace, once its devices exist
     attach: dict[str, list[str]] = {}  # ip -batch lines per namespace: attachments
@@ -267,8 +279,8 @@ def setup_script(
         if ns in attach:
             chain.append(_ip_batch(ns, attach[ns]))
         jobs.append(" && ".join(chain))
-    out += [f'( {job} ) & pids="$pids $!"' for job in jobs]
-    out.append('for p in $pids; do wait "$p" || rc=1; done; [ "$rc" = 0 ]')
+    out += [f'( {job} ) & _jobs="$_jobs $!"' for job in jobs]
+    out.append('for p in $_loads $_jobs; do wait "$p" || rc=1; done; [ "$rc" = 0 ]')
     # bpftool in the namespace's network only: ip -n would remount /sys, hiding the bpffs
     out += [_bpftool_batch(lines, f"nsenter --net=/run/netns/{_tok(ns)} ") for ns, lines in pinned.items()]
     out += _listing(listing, with_ids)

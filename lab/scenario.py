@@ -400,8 +400,8 @@ def _drive_gwping(ctx: Context) -> tuple[list[Check], str]:
 
         traffic.wait_for(job, '"event":"listening"', 15.0, f"tcp_server on {target.name}")
         before = counts()
-        probe = gwprobe.probe_from(ctx.lab, prober.name, src, dst, 40001, sc.port)
-        plain = gwprobe.probe_from(ctx.lab, prober.name, src, dst, 40002, sc.port, tsval=0x12345678)
+        probe, plain = gwprobe.probes_from(ctx.lab, prober.name, src, dst, sc.port,
+                                           [(40001, gwping.MAGIC), (40002, 0x12345678)])  # fmt: skip
         after = counts()
     finally:
         job.terminate()

@@ -107,14 +107,13 @@ class VMEngine(Engine):
                     f"namespace {taken[0]} already exists in VM '{vm.name}': "
                     f"lab '{self.name}' is up or was left over; run 'toalab down {self.name}' first"
                 )
-            res = vm.sh(plan.render_shell(), timeout=UP_TIMEOUT)
-            if res.returncode != 0:
-                err = res.stderr.strip().splitlines()
-                raise LabError(
-                    f"building lab '{self.name}' in VM '{vm.name}' failed"
-                    + (f": {err[-1]}" if err else f" (exit {res.returncode})")
-                )
-            self._attach_programs(plan)  # as the host engine does; down removes the pins
+            # one round trip: the plan's shell, then the programs phase as the host
+            # engine runs it, the programs loading (the verifier) while the links are made
+            try:
+                programs.apply(self.kernel(), plan.programs, prelude=plan.render_shell())
+            except LabError as e:
+                last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise LabError(f"building lab '{self.name}' in VM '{vm.name}' failed: {last}") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
