@@ -63,6 +63,10 @@
  *   reused.  Both maps are LRU (LB_FLOWS entries): under pressure the least
  *   recently used flows are evicted first.  No FIN/RST tracking.
  *
+ * TTL / hop limit.  The LB is a hop: it decrements them, and drops (counted)
+ *   a packet it would translate whose TTL would reach 0, so that a routing
+ *   loop through it ends.  (No ICMP time exceeded is sent.)
+ *
  * Dropped: fragments to a VIP (no L4 ports in later fragments), truncated
  * or malformed IP/TCP/UDP headers, IPv4 UDP without checksum that would
  * have to become IPv6, non-service packets carrying option 31 on a port
@@ -88,6 +92,7 @@ _Static_assert(sizeof(struct lb_fwd) == 56, "lb_fwd");
 _Static_assert(sizeof(struct lb_rev) == 64, "lb_rev");
 _Static_assert(sizeof(struct ip_option) == 40, "ip_option");
 
+/* A flow's hash (unkeyed: flow_key_hash mixes the secret in). */
 static __always_inline __u32 flow_hash(const struct lb_flow_key *k)
 {
 	__u32 h = 0x9e3779b9;
@@ -105,6 +110,24 @@ static __always_inline __u32 flow_hash(const struct lb_flow_key *k)
 	h ^= h >> 13;
 	h *= 0xc2b2ae35;
 	h ^= h >> 16;
+	return h;
+}
+
+/*
+ * Which RS, local address and local port candidates a new flow gets: the
+ * flow's hash through one more avalanche keyed with the control plane's
+ * random lb_cfg.hash_key, so that nobody can compute which local port
+ * (hence which UOA/TOA key on the RS) a client's flow will use.  A keyed
+ * mix, not a cryptographic MAC.
+ */
+static __always_inline __u32 flow_key_hash(const struct lb_flow_key *k, __u32 key)
+{
+	__u32 h = flow_hash(k) ^ key;
+
+	h *= 0xcc9e2d51;
+	h ^= h >> 15;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
 	return h;
 }
 
@@ -210,7 +233,7 @@ static __always_inline struct lb_fwd *new_flow(struct xdp_md *ctx, const struct 
 					       const struct lb_cfg *cfg, const struct lb_flow_key *fk,
 					       __u64 now, __u32 *why, struct lb_scratch *sc)
 {
-	__u32 h = flow_hash(fk);
+	__u32 h = flow_key_hash(fk, cfg->hash_key);
 	__u64 idle = idle_ns(cfg, p->proto);
 	struct lb_flow_key rk = {};
 	struct lb_rev *rv = &sc->rv;
@@ -465,8 +488,10 @@ int xdp_lb(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct hdr_cursor c = { .pos = data };
-	struct lb_svc_key sk = {};
-	struct lb_flow_key rk = {};
+	union {			/* one after the other: the 512-byte stack is tight */
+		struct lb_svc_key sk;
+		struct lb_flow_key rk;
+	} k;
 	struct pkt p = {};
 	struct ethhdr *eth;
 	struct lb_svc *svc;
@@ -505,26 +530,33 @@ int xdp_lb(struct xdp_md *ctx)
 		r = P_OK;
 	}
 	if (r == P_OK) {
-		sk.vip = p.dst;
-		sk.vport = p.dport;
-		sk.proto = p.proto;
-		sk.family = p.family;
-		svc = bpf_map_lookup_elem(&lb_services, &sk);
+		__builtin_memset(&k, 0, sizeof(k));
+		k.sk.vip = p.dst;
+		k.sk.vport = p.dport;
+		k.sk.proto = p.proto;
+		k.sk.family = p.family;
+		svc = bpf_map_lookup_elem(&lb_services, &k.sk);
+		if (svc && p.ttl <= 1)
+			goto ttl_expired;
 		if (svc)
 			return lb_forward(ctx, &p, eth, svc);
-		rk.src = p.src;
-		rk.dst = p.dst;
-		rk.sport = p.sport;
-		rk.dport = p.dport;
-		rk.proto = p.proto;
-		rk.family = p.family;
-		rv = bpf_map_lookup_elem(&lb_rev, &rk);
+		__builtin_memset(&k, 0, sizeof(k));
+		k.rk.src = p.src;
+		k.rk.dst = p.dst;
+		k.rk.sport = p.sport;
+		k.rk.dport = p.dport;
+		k.rk.proto = p.proto;
+		k.rk.family = p.family;
+		rv = bpf_map_lookup_elem(&lb_rev, &k.rk);
+		if (rv && p.ttl <= 1)
+			goto ttl_expired;
 		if (rv)
 			return lb_reverse(ctx, &p, rv);
 	} else if (r == P_FRAG) {
-		sk.vip = p.dst;
-		sk.family = p.family;
-		if (bpf_map_lookup_elem(&lb_vips, &sk)) {
+		__builtin_memset(&k, 0, sizeof(k));
+		k.sk.vip = p.dst;
+		k.sk.family = p.family;
+		if (bpf_map_lookup_elem(&lb_vips, &k.sk)) {
 			count(LB_C_FRAG);
 			return XDP_DROP;
 		}
@@ -538,6 +570,10 @@ int xdp_lb(struct xdp_md *ctx)
 	}
 	count(LB_C_PASS);
 	return XDP_PASS;
+
+ttl_expired:
+	count(LB_C_TTL_EXPIRED);
+	return XDP_DROP;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -3,7 +3,7 @@ checked when a topology is validated (``Topology.validate``), so that a
 misspelt field is a ``file: place: message`` line before anything is built.
 
     params:
-      fullnat: {client_if: eth0, rs_if: eth1, udp_opt_pkts: 1}   # lb
+      fullnat: {client_if: eth0, rs_if: eth1, udp_opt_pkts: 3}   # lb
       xdp: {eth0: {prog: gwping, forward: eth1}}                 # any node's ports
       vxlan: {vni: 42}                                           # rs of a vxlan service
       l7: {upstream: rs1, port: 80, rs_port: 8080}               # proxy
@@ -37,7 +37,7 @@ class Fullnat:
     xdp: bool = True  # false: a plain router, no XDP LB
     client_if: str = "eth0"
     rs_if: str = "eth1"
-    udp_opt_pkts: int = 1  # UDP packets per flow that carry the option
+    udp_opt_pkts: int = 3  # UDP packets per flow that carry the option (a lost first one is survived)
     tcp_idle: float = 300.0  # flow idle lifetime, s
     udp_idle: float = 60.0
     lport_min: int = 1024  # local port range

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import secrets
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -93,6 +94,7 @@ COUNTERS = (
     "expired",
     "decap",
     "decap_fail",
+    "ttl_expired",
 )
 
 # map names (the kernel keeps 15 characters)
@@ -155,6 +157,7 @@ class Cfg:
     udp_idle_s: float = 60.0
     lport_min: int = 1024
     lport_max: int = 65535
+    hash_key: int = 0  # flow_hash's key: ops() draws a random one per attach
 
     def pack(self) -> bytes:
         if not 0 < self.lport_min <= self.lport_max <= 0xFFFF:
@@ -165,7 +168,7 @@ class Cfg:
             int(self.udp_idle_s * 1e9),
             self.lport_min,
             self.lport_max,
-            0,
+            self.hash_key & 0xFFFFFFFF,
         )
 
 
@@ -400,7 +403,8 @@ def ops(topo: Topology, namespaces: dict[str, str], lab: str, *, lb: str | None 
         raise LbError(f"{topo.name}: no services to load balance")
     lb_node = svcs[0].lb
     fn = kinds.fullnat(topo.node(lb_node))
-    cfg = Cfg(float(fn.tcp_idle), float(fn.udp_idle), fn.lport_min, fn.lport_max)
+    # a new secret per attach: which local port a flow gets is not computable outside
+    cfg = Cfg(float(fn.tcp_idle), float(fn.udp_idle), fn.lport_min, fn.lport_max, secrets.randbits(32))
     lb_ns = namespaces[lb_node]
     pin = str(pin_dir(lab))
     out: list[ProgOp] = [ProgLoad(pin, BPF_OBJ, self_map=M_SELF)]

@@ -197,6 +197,22 @@ def wait_for(job: Any, needle: str, timeout: float, what: str) -> None:
     raise LabError(f"{what}: no {needle} within {timeout} s")
 
 
+# -- raw packets ---------------------------------------------------------------------------------
+# Plain python3 in the node (no scapy there): IPv4 packets, built by the caller, sent as they are.
+_SEND_RAW = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+    "for h in sys.argv[2:]:\n"
+    "    s.sendto(bytes.fromhex(h), (sys.argv[1], 0))\n"
+)
+
+
+def send_raw(lab: Lab, node: str, dst: str, packets: Sequence[bytes]) -> None:
+    """IPv4 packets (whole, header included) sent from `node` towards `dst` through
+    a raw socket: forged options, bad checksums, what no socket API would send."""
+    lab.exec(node, ["python3", "-c", _SEND_RAW, dst, *(bytes(p).hex() for p in packets)], timeout=60).check()
+
+
 # -- through a VIP ------------------------------------------------------------------------------
 @dataclass
 class VipFlow:

@@ -260,7 +260,61 @@ def test_uoa_entry_expires(rig: Rig) -> None:
         d = kmod.delta(u0, u1)
         expect("uoa lookup_miss after expiry", d.get("lookup_miss"), 1)
     finally:
-        rig.vm.sh(f"echo 60 > {param}", check=True)
+        rig.vm.sh(f"echo 360 > {param}", check=True)
+
+
+def test_a_live_udp_flow_keeps_its_mapping(rig: Rig) -> None:
+    """The option on the first datagram only (as the LB sends it), then datagrams
+    without it for three times uoa_map_timeout: every one of them still looks up
+    the client, because each datagram of the flow keeps its entry alive."""
+    rig.ensure(toa=True, uoa=True)
+    param = "/sys/module/uoa/parameters/uoa_map_timeout"
+    rig.vm.sh(f"echo 1 > {param}", check=True)
+    lab, n = rig.labs[4], 8
+    try:
+        srv = lab.spawn("rs1", [rig.art.bin("udp_server"), "-4", "--json", "--count", str(n), str(UDP_PORT)])
+        traffic.wait_for(srv, '"event":"listening"', 15.0, "udp_server on rs1")
+        before = kmod.stats(rig.vm, "uoa")
+        cli = [rig.art.bin("udp_client"), "--json", "--opt", *OPT[4], "--opt-pkts", "1", "--count", str(n),
+               "--interval-ms", "450", RS[4], str(UDP_PORT)]  # fmt: skip
+        lab.exec("lb", cli, timeout=60).check()
+        expect("udp_server exit", srv.wait(15.0), 0)
+        after = kmod.stats(rig.vm, "uoa")
+    finally:
+        rig.vm.sh(f"echo 360 > {param}", check=True)
+    dgs = [e for e in traffic.events(srv.output()[0]) if e.get("event") == "datagram"]
+    expect("datagrams received", len(dgs), n)
+    expect("lookup errors over 3.2 s of a 1 s timeout", [e["lookup_error"] for e in dgs], [None] * n)
+    expect("the last datagram's client", dgs[-1]["lookup"]["client"], ep(4, CIP[4], 1))
+    d = kmod.delta(before, after)
+    expect("option datagrams parsed / entries inserted", (d.get("parsed_v4_in4"), d.get("inserted")), (1, 1))
+    assert d.get("kept_alive", 0) >= n - 1, f"kept_alive {d.get('kept_alive')}: datagrams did not refresh"
+
+
+def test_uoa_learns_only_from_datagrams_whose_checksum_verifies(rig: Rig) -> None:
+    """A datagram carrying the option but failing its UDP checksum (which no socket
+    would ever receive) teaches uoa nothing; the same with a good checksum does."""
+    from scapy.layers.inet import IP, UDP, IPOption
+
+    rig.ensure(toa=True, uoa=True)
+
+    def dgram(sport: int, bad: bool) -> bytes:
+        pkt = IP(src="192.0.2.1", dst=RS[4], options=[IPOption(bytes.fromhex(OPT44))]) / UDP(
+            sport=sport, dport=UDP_PORT + 1) / b"spoof"  # fmt: skip
+        raw = bytearray(bytes(pkt))
+        if bad:
+            off = (raw[0] & 15) * 4 + 6
+            raw[off] ^= 0x5A  # the checksum, broken
+        return bytes(raw)
+
+    s0 = kmod.stats(rig.vm, "uoa")
+    traffic.send_raw(rig.labs[4], "lb", RS[4], [dgram(41001, bad=True)])
+    s1 = kmod.stats(rig.vm, "uoa")
+    traffic.send_raw(rig.labs[4], "lb", RS[4], [dgram(41002, bad=False)])
+    s2 = kmod.stats(rig.vm, "uoa")
+    bad, good = kmod.delta(s0, s1), kmod.delta(s1, s2)
+    expect("bad checksum: (bad_csum, inserted)", (bad.get("bad_csum"), bad.get("inserted")), (1, None))
+    expect("good checksum: (bad_csum, inserted)", (good.get("bad_csum"), good.get("inserted")), (None, 1))
 
 
 # -- malformed options ---------------------------------------------------------------------------

@@ -155,6 +155,10 @@ def dissect(frame: bytes, l2: int = 14, udp_zero_ok: bool = False) -> Out:
     return out
 
 
+def _ttl(o: Out) -> int:
+    return o.l3[8] if o.family == 4 else o.l3[7]
+
+
 def ports(o: Out) -> tuple[int, int]:
     return struct.unpack("!HH", o.l4[:4])
 
@@ -167,13 +171,16 @@ def l4seg(proto: str, flags: str = "S", payload: bytes = b"", **kw: object) -> o
     return seg / Raw(payload) if payload else seg
 
 
-def check_forward(sc: Scenario, r: bpf.XdpResult, proto: str, with_opt: bool, payload: bytes = b"") -> Out:
+def check_forward(
+    sc: Scenario, r: bpf.XdpResult, proto: str, with_opt: bool, payload: bytes = b"", ttl_in: int = 61
+) -> Out:
     assert r.action == "XDP_REDIRECT", r.action
     eth = Ether(r.data_out)
     assert (eth.dst, eth.src) == (RS_MAC, LB1_MAC)
     o = dissect(r.data_out)
     assert (o.family, o.src, o.dst, o.proto) == (sc.rfam, sc.lip, sc.rip, PROTOS[proto])
     assert ports(o) == (LPORT, RPORT)
+    assert _ttl(o) == ttl_in - 1, f"TTL / hop limit decremented ({ttl_in} in)"
     found = scapy_toa.extract(eth)
     if with_opt:
         assert found is not None, "no option inserted"
@@ -197,6 +204,7 @@ def check_reverse(sc: Scenario, r: bpf.XdpResult, proto: str) -> Out:
     o = dissect(r.data_out)
     assert (o.family, o.src, o.dst, o.proto) == (sc.cfam, sc.vip, sc.cip, PROTOS[proto])
     assert ports(o) == (VPORT, CPORT)
+    assert _ttl(o) == 60, "TTL / hop limit decremented (61 in)"
     assert len(o.l3) == (20 if sc.cfam == 4 else 40)
     return o
 
@@ -321,7 +329,8 @@ def test_client_option31_removed_ipv4(obj: Path) -> None:
     rebuilt, only the LB's option reaches the RS."""
     sc = Scenario(4, 4)
     forged = wire.AddrOption("10.6.6.6", 666, "10.7.7.7", 777)
-    ip = IP(src=sc.cip, dst=sc.vip, options=[IPOption(b"\x01"), _ipopt31(forged), IPOption(b"\x01\x00\x00")])
+    ip = IP(src=sc.cip, dst=sc.vip, ttl=61,
+            options=[IPOption(b"\x01"), _ipopt31(forged), IPOption(b"\x01\x00\x00")])  # fmt: skip
     assert ip.ihl is None and len(bytes(ip)) > 20
     res, c = run(obj, sc, [sc.client(l4seg("tcp", "S"), l3=ip)])
     o = check_forward(sc, res[0], "tcp", True)
@@ -332,7 +341,7 @@ def test_client_option31_removed_ipv4(obj: Path) -> None:
 def test_client_option31_removed_ipv6(obj: Path) -> None:
     sc = Scenario(6, 6)
     forged = wire.AddrOption("2001:db8::666", 666, "2001:db8::777", 777)
-    ip = IPv6(src=sc.cip, dst=sc.vip) / scapy_toa.ipv6_dstopt(forged, 6)
+    ip = IPv6(src=sc.cip, dst=sc.vip, hlim=61) / scapy_toa.ipv6_dstopt(forged, 6)
     res, c = run(obj, sc, [sc.client(l4seg("tcp", "S"), l3=ip)])
     o = check_forward(sc, res[0], "tcp", True)
     assert forged.pack_ipv6(6)[4:] not in o.l3
@@ -614,3 +623,36 @@ def test_vxlan_not_for_us_is_left_alone(obj: Path) -> None:
                            map_updates=_vx_updates(sc, 4), dump_maps=[lb.M_COUNTERS])  # fmt: skip
     c = lb.counters(res[0].maps[lb.M_COUNTERS])
     assert res[1].action == "XDP_DROP" and (c["decap"], c["decap_fail"]) == (1, 1)
+
+
+@pytest.mark.parametrize("cfam,rfam", FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+def test_ttl_that_would_reach_zero_is_dropped(obj: Path, cfam: int, rfam: int) -> None:
+    """The LB is a hop: TTL / hop limit 1 is not forwarded either way (a loop ends)."""
+    sc = Scenario(cfam, rfam)
+    l3 = IP(src=sc.cip, dst=sc.vip, ttl=1) if cfam == 4 else IPv6(src=sc.cip, dst=sc.vip, hlim=1)
+    rs_l3 = IP(src=sc.rip, dst=sc.lip, ttl=1) if rfam == 4 else IPv6(src=sc.rip, dst=sc.lip, hlim=1)
+    frames = [
+        sc.client(l4seg("tcp", "S"), l3=l3),
+        sc.client(l4seg("tcp", "S")),
+        bytes(Ether(src=RS_MAC, dst=LB1_MAC) / rs_l3 / TCP(sport=RPORT, dport=LPORT, flags="SA", ack=1001)),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="SA", seq=5000, ack=1001)),
+    ]
+    res, c = run(obj, sc, frames)
+    assert [r.action for r in res] == ["XDP_DROP", "XDP_REDIRECT", "XDP_DROP", "XDP_REDIRECT"]
+    assert c["ttl_expired"] == 2 and c["fwd"] == 1 and c["rev"] == 1
+
+
+def test_the_local_port_depends_on_the_secret_hash_key(obj: Path) -> None:
+    """Which local port a flow gets is keyed (lb_cfg.hash_key): the same flow under
+    two keys gets two ports, under one key always the same."""
+    sc = Scenario(4, 4)
+
+    def lport(key: int) -> int:
+        rs = lb.Rs(sc.rip, RPORT, RS_IFINDEX, LB1_MAC, RS_MAC)
+        svc = lb.Svc(sc.vip, VPORT, 6, id=0, n_rs=1, n_local=1, rs_family=4)
+        ups = lb.tables([(svc, [rs], [sc.lip])], lb.Cfg(lport_min=1024, lport_max=65535, hash_key=key))
+        r = bpf.run_xdp(obj, lb.BPF_PROG, sc.client(l4seg("tcp", "S")), map_updates=ups)
+        return ports(dissect(r.data_out))[0]
+
+    assert lport(0x1234) == lport(0x1234)
+    assert len({lport(k) for k in (0x1234, 0x5678, 0x9ABC)}) == 3

@@ -82,9 +82,10 @@ def test_vtep_key() -> None:
 
 
 def test_cfg() -> None:
-    cfg = lb.Cfg(tcp_idle_s=2.5, udp_idle_s=1.0, lport_min=2000, lport_max=3000)
+    cfg = lb.Cfg(tcp_idle_s=2.5, udp_idle_s=1.0, lport_min=2000, lport_max=3000, hash_key=0xA1B2C3D4)
     check("lb_cfg", cfg.pack(), {"tcp_idle_ns": le("Q", 2_500_000_000), "udp_idle_ns": le("Q", 1_000_000_000),
-                                 "lport_min": le("H", 2000), "lport_max": le("H", 3000)})  # fmt: skip
+                                 "lport_min": le("H", 2000), "lport_max": le("H", 3000),
+                                 "hash_key": le("I", 0xA1B2C3D4)})  # fmt: skip
 
 
 def test_flow_key_and_fwd_both_ways() -> None:

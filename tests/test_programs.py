@@ -75,7 +75,13 @@ def test_resolved_ops_are_the_bytes_of_the_fixture_tables() -> None:
     fn = lb.kinds.fullnat(topo.node("lb"))
     svcs, rss, locs = lb.service_config(topo, svc, 0, p.namespaces["lb"], fn, p.namespaces)
     rss = [lb.dataclasses.replace(r, ifindex=12) for r in rss]
-    cfg = lb.Cfg(float(fn.tcp_idle), float(fn.udp_idle), fn.lport_min, fn.lport_max)
+    # flow_hash's key is drawn anew for every plan: the only entry that differs
+    key = int.from_bytes(next(v for m, _k, v in ours if m == lb.M_CFG)[20:24], "little")
+    again = plan("fullnat-6to4")
+    key2 = next(o.value for o in again.programs if isinstance(o, MapUpdate) and o.map == lb.M_CFG).resolve(
+        lambda n, i: 0)[20:24]  # fmt: skip
+    assert key != int.from_bytes(key2, "little"), "two attaches got the same hash key"
+    cfg = lb.Cfg(float(fn.tcp_idle), float(fn.udp_idle), fn.lport_min, fn.lport_max, key)
     fixture = lb.tables([(s, rss, locs) for s in svcs], cfg, {11: lb.PORT_CLIENT, 12: lb.PORT_RS})
     assert ours == [(u.map, u.key, u.value) for u in fixture]
 

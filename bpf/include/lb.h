@@ -81,7 +81,7 @@ struct lb_cfg {
 	__u64 udp_idle_ns;
 	__u16 lport_min;	/* local port range, host order */
 	__u16 lport_max;
-	__u32 pad;
+	__u32 hash_key;		/* the control plane's secret: flow_hash is keyed */
 };				/* 24 bytes */
 
 /* A flow as one packet names it (either direction). */
@@ -147,6 +147,7 @@ enum lb_counter {
 	LB_C_EXPIRED,		/* flow state found idle past its lifetime */
 	LB_C_DECAP,		/* RS->LB VXLAN to our VTEP, decapsulated */
 	LB_C_DECAP_FAIL,	/* ... but lb_self is empty: dropped */
+	LB_C_TTL_EXPIRED,	/* TTL / hop limit would reach 0 at this hop: dropped */
 	LB_C_MAX,
 };
 

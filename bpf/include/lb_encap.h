@@ -58,7 +58,7 @@ static __always_inline void fill_ipv4(struct iphdr *ip, const struct pkt *p,
 	ip->tot_len = bpf_htons(hlen + p->l4len);
 	ip->id = 0;
 	ip->frag_off = bpf_htons(IP_DF_BIT);
-	ip->ttl = p->ttl;
+	ip->ttl = p->ttl - 1;	/* a hop: lb_forward/lb_reverse drop what would reach 0 */
 	ip->protocol = p->proto;
 	ip->check = 0;
 	ip->saddr = e->src.v4;
@@ -71,7 +71,7 @@ static __always_inline void fill_ipv6(struct ipv6hdr *ip6, const struct pkt *p,
 	*(__be32 *)ip6 = bpf_htonl((6u << 28) | ((__u32)p->tos << 20) | p->flow);
 	ip6->payload_len = bpf_htons(extlen + p->l4len);
 	ip6->nexthdr = extlen ? IPV6_HEADER_DST : p->proto;
-	ip6->hop_limit = p->ttl;
+	ip6->hop_limit = p->ttl - 1;
 	__builtin_memcpy(&ip6->saddr, e->src.b, 16);
 	__builtin_memcpy(&ip6->daddr, e->dst.b, 16);
 }

@@ -3,13 +3,15 @@
  * udp_client - send datagrams, optionally carrying the UOA option on
  * every one of them (set_ip_opt first, del_ip_opt at the end).
  *
- * udp_client [--json] [--opt CIP:CPORT VIP:VPORT] [--keep-opt]
+ * udp_client [--json] [--opt CIP:CPORT VIP:VPORT] [--keep-opt] [--opt-pkts N]
  *            [--raw-opt HEX] [--count N|--once] [--size BYTES]
  *            [--interval-ms MS] [--wait-reply MS] [--bind ADDR[:PORT]]
  *            HOST PORT
  *
  * --raw-opt HEX puts the bytes verbatim in IP_OPTIONS / IPV6_DSTOPTS
  * instead of building the option (to send malformed or combined options).
+ * --opt-pkts N: the option on the first N datagrams only, as the LB does
+ * (del_ip_opt after the Nth).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -28,7 +30,7 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: udp_client [--json] [--opt CIP:CPORT VIP:VPORT]"
-		" [--keep-opt] [--raw-opt HEX] [--count N|--once] [--size BYTES]"
+		" [--keep-opt] [--opt-pkts N] [--raw-opt HEX] [--count N|--once] [--size BYTES]"
 		" [--interval-ms MS] [--wait-reply MS] [--bind ADDR[:PORT]]"
 		" HOST PORT\n");
 	exit(2);
@@ -58,9 +60,10 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		CLIENT_OPTIONS,
 		{ "wait-reply", required_argument, NULL, 'w' },
+		{ "opt-pkts", required_argument, NULL, 'n' },
 		{ NULL, 0, NULL, 0 },
 	};
-	unsigned long count, size, wait = 0, i;
+	unsigned long count, size, wait = 0, opt_pkts = 0, i;
 	unsigned long replies = 0;
 	char buf[160], dst[160];
 	static char msg[65536];
@@ -71,6 +74,8 @@ int main(int argc, char **argv)
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		if (o == 'w')
 			wait = parse_ulong(optarg, "wait-reply");
+		else if (o == 'n')
+			opt_pkts = parse_ulong(optarg, "opt-pkts");
 		else if (client_opt(&a, o, argc, argv))
 			usage();
 	}
@@ -97,6 +102,11 @@ int main(int argc, char **argv)
 	for (i = 0; i < count && !stop; i++) {
 		if (i && a.interval)
 			sleep_ms(a.interval);
+		if (opt_pkts && i == opt_pkts && a.opt_on) {
+			if (del_ip_opt(fd, a.srv.ss_family))
+				return report_error("del_ip_opt", errno);
+			a.opt_on = 0;
+		}
 		if (send(fd, msg, size, 0) < 0)
 			return report_error("send", errno);
 		if (json_mode)

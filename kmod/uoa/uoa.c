@@ -9,7 +9,13 @@
  *  - watches LOCAL_IN (IPv4 and IPv6, in every netns) for UDP datagrams
  *    carrying the option and remembers, keyed by the packet's
  *    (netns, saddr, sport, daddr, dport), the original (cip, cport, vip,
- *    vport) for uoa_map_timeout seconds, refreshed by every datagram;
+ *    vport).  Only a datagram whose UDP checksum verifies teaches it (one
+ *    with a bad checksum never reaches a socket, so it must not rewrite a
+ *    live flow's client either);
+ *  - keeps an entry while its flow lives: every datagram of the flow, with
+ *    the option or without, and every lookup of it push its expiry
+ *    uoa_map_timeout seconds on (the LB puts the option on the first few
+ *    datagrams only);
  *  - answers getsockopt(IPPROTO_IP, UOA_SO_GET_LOOKUP) (see uoa.h);
  *  - counts what it does in /proc/net/uoa_stats (every netns).
  *
@@ -38,6 +44,8 @@
 #include <linux/udp.h>
 #include <linux/workqueue.h>
 #include <net/inet_sock.h>
+#include <net/checksum.h>
+#include <net/ip6_checksum.h>
 #include <net/ipv6.h>
 #include <net/net_namespace.h>
 #include <net/netns/hash.h>
@@ -53,10 +61,10 @@ module_param(uoa_map_table_bits, uint, 0444);
 MODULE_PARM_DESC(uoa_map_table_bits,
 		 "log2 of the number of hash buckets (4..20, default 12)");
 
-static unsigned int uoa_map_timeout = 60;
+static unsigned int uoa_map_timeout = 360;
 module_param(uoa_map_timeout, uint, 0644);
 MODULE_PARM_DESC(uoa_map_timeout,
-		 "seconds an entry lives after its last datagram (default 60)");
+		 "seconds an entry lives after its flow's last datagram or lookup (default 360)");
 
 static unsigned int uoa_map_max = 65536;
 module_param(uoa_map_max, uint, 0644);
@@ -79,6 +87,8 @@ enum uoa_stat {
 	UOA_STAT_DROPPED_FULL,
 	UOA_STAT_ALLOC_FAIL,
 	UOA_STAT_FREED,
+	UOA_STAT_KEPT_ALIVE,	/* a datagram without the option refreshed its flow's entry */
+	UOA_STAT_BAD_CSUM,	/* an option in a datagram whose checksum fails: not learned */
 	UOA_STAT_MAX,
 };
 
@@ -95,6 +105,8 @@ static const char * const uoa_stat_names[UOA_STAT_MAX] = {
 	[UOA_STAT_DROPPED_FULL]		= "dropped_full",
 	[UOA_STAT_ALLOC_FAIL]		= "alloc_fail",
 	[UOA_STAT_FREED]		= "freed",
+	[UOA_STAT_KEPT_ALIVE]		= "kept_alive",
+	[UOA_STAT_BAD_CSUM]		= "bad_csum",
 };
 
 static DEFINE_PER_CPU(unsigned long [UOA_STAT_MAX], uoa_stats);
@@ -311,33 +323,91 @@ static void uoa_gc_fn(struct work_struct *work)
 /* ------------------------------------------------------------------ */
 /* LOCAL_IN                                                            */
 
-/*
- * Parse @skb, a UDP datagram of @family with header @uh and addresses
- * @saddr, @daddr (4 or 16 bytes), and store what it carries.
- */
-static void uoa_learn(const struct sk_buff *skb, const struct net *net,
-		      u16 family, const struct udphdr *uh, const void *saddr,
-		      const void *daddr)
+/* The key of a datagram: (netns, saddr, sport, daddr, dport). */
+static void uoa_key_of(struct uoa_key *k, const struct net *net, u16 family,
+		       const struct udphdr *uh, const void *saddr,
+		       const void *daddr)
 {
 	size_t alen = family == AF_INET ? 4 : 16;
+
+	memset(k, 0, sizeof(*k));
+	k->net = net;
+	k->family = family;
+	memcpy(&k->saddr, saddr, alen);
+	memcpy(&k->daddr, daddr, alen);
+	k->sport = uh->source;
+	k->dport = uh->dest;
+}
+
+/* A datagram of a flow we know, without the option: the flow lives on. */
+static void uoa_keepalive(const struct net *net, u16 family,
+			  const struct udphdr *uh, const void *saddr,
+			  const void *daddr)
+{
+	struct uoa_entry *e;
+	struct uoa_key k;
+
+	if (!atomic_read(&uoa_nr_entries))
+		return;
+	uoa_key_of(&k, net, family, uh, saddr, daddr);
+	rcu_read_lock();
+	e = uoa_find(uoa_bucket(&k), &k, false);
+	if (e && time_before_eq(jiffies, READ_ONCE(e->expires))) {
+		WRITE_ONCE(e->expires, jiffies + uoa_timeout());
+		uoa_inc(UOA_STAT_KEPT_ALIVE);
+	}
+	rcu_read_unlock();
+}
+
+/*
+ * Does the UDP checksum of the datagram at @thoff verify?  Checked in
+ * software (only datagrams carrying the option get here: a few per flow);
+ * a datagram without a checksum (IPv4 0) does not count as verified.
+ */
+static bool uoa_csum_ok(struct sk_buff *skb, u16 family, unsigned int thoff,
+			const struct udphdr *uh, const void *saddr,
+			const void *daddr)
+{
+	unsigned int ulen = ntohs(uh->len);
+	__wsum csum;
+
+	if (!uh->check || ulen < sizeof(*uh) || thoff + ulen > skb->len)
+		return false;
+	csum = skb_checksum(skb, thoff, ulen, 0);
+	if (family == AF_INET)
+		return !csum_tcpudp_magic(*(const __be32 *)saddr,
+					  *(const __be32 *)daddr, ulen,
+					  IPPROTO_UDP, csum);
+	return !csum_ipv6_magic(saddr, daddr, ulen, IPPROTO_UDP, csum);
+}
+
+/*
+ * Parse @skb, a UDP datagram of @family with header @uh at @thoff and
+ * addresses @saddr, @daddr (4 or 16 bytes), and store what it carries.
+ */
+static void uoa_learn(struct sk_buff *skb, const struct net *net,
+		      u16 family, const struct udphdr *uh, unsigned int thoff,
+		      const void *saddr, const void *daddr)
+{
 	struct toa_addrs a;
 	struct uoa_key k;
 	int rc;
 
-	memset(&k, 0, sizeof(k));
-	k.net = net;
-	k.family = family;
-	memcpy(&k.saddr, saddr, alen);
-	memcpy(&k.daddr, daddr, alen);
-	k.sport = uh->source;
-	k.dport = uh->dest;
 	if (family == AF_INET)
 		rc = toa_parse_v4(skb, &a);
 	else
 		rc = toa_parse_v6(skb, &a);
+	if (rc == TOA_FOUND && !uoa_csum_ok(skb, family, thoff, uh, saddr, daddr)) {
+		uoa_inc(UOA_STAT_BAD_CSUM);
+		return;
+	}
 	uoa_inc(UOA_STAT_PARSE + toa_parse_stat(rc, family, &a));
-	if (rc == TOA_FOUND)
+	if (rc == TOA_FOUND) {
+		uoa_key_of(&k, net, family, uh, saddr, daddr);
 		uoa_store(&k, &a);
+	} else {
+		uoa_keepalive(net, family, uh, saddr, daddr);
+	}
 }
 
 static unsigned int uoa_in4(void *priv, struct sk_buff *skb,
@@ -356,9 +426,11 @@ static unsigned int uoa_in4(void *priv, struct sk_buff *skb,
 	/* no IPv4 options, no option 31: the common case */
 	if (iph->ihl <= 5) {
 		uoa_inc(UOA_STAT_PARSE + TOA_PS_MISSING);
+		uoa_keepalive(state->net, AF_INET, uh, &iph->saddr, &iph->daddr);
 		return NF_ACCEPT;
 	}
-	uoa_learn(skb, state->net, AF_INET, uh, &iph->saddr, &iph->daddr);
+	uoa_learn(skb, state->net, AF_INET, uh,
+		  skb_network_offset(skb) + iph->ihl * 4, &iph->saddr, &iph->daddr);
 	return NF_ACCEPT;
 }
 
@@ -372,9 +444,13 @@ static unsigned int uoa_in6(void *priv, struct sk_buff *skb,
 
 	/* UDP right after the fixed header: no extension header, no option */
 	if (ip6h->nexthdr == IPPROTO_UDP) {
-		if (skb_header_pointer(skb, skb_network_offset(skb) +
-				       sizeof(*ip6h), sizeof(_uh), &_uh))
+		uh = skb_header_pointer(skb, skb_network_offset(skb) +
+					sizeof(*ip6h), sizeof(_uh), &_uh);
+		if (uh) {
 			uoa_inc(UOA_STAT_PARSE + TOA_PS_MISSING);
+			uoa_keepalive(state->net, AF_INET6, uh, &ip6h->saddr,
+				      &ip6h->daddr);
+		}
 		return NF_ACCEPT;
 	}
 	/* Not a first fragment, or no UDP header: nothing to key on. */
@@ -383,7 +459,7 @@ static unsigned int uoa_in6(void *priv, struct sk_buff *skb,
 	uh = skb_header_pointer(skb, thoff, sizeof(_uh), &_uh);
 	if (!uh)
 		return NF_ACCEPT;
-	uoa_learn(skb, state->net, AF_INET6, uh, &ip6h->saddr, &ip6h->daddr);
+	uoa_learn(skb, state->net, AF_INET6, uh, thoff, &ip6h->saddr, &ip6h->daddr);
 	return NF_ACCEPT;
 }
 
@@ -480,6 +556,7 @@ static bool uoa_get(const struct uoa_key *k, bool wild, struct toa_addrs *a)
 	e = uoa_find(uoa_bucket(k), k, wild);
 	if (e && time_before_eq(jiffies, READ_ONCE(e->expires))) {
 		*a = e->a;
+		WRITE_ONCE(e->expires, jiffies + uoa_timeout());  /* looked up: in use */
 		found = true;
 	}
 	rcu_read_unlock();

@@ -35,6 +35,14 @@ VM_PREFIX = "lab-"
 UP_TIMEOUT = 120.0
 
 
+def _gist(err: str) -> str:
+    """The line of a failed script's stderr that says what failed (bpftool ends
+    with hints; the 'Error:' line before them is the one)."""
+    lines = [ln.strip() for ln in err.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith(("Error:", "RTNETLINK", "Cannot", "ip:"))]
+    return (said or lines or ["(no message)"])[-1]
+
+
 class VMEngine(Engine):
     kind = "vm"
 
@@ -112,8 +120,7 @@ class VMEngine(Engine):
             try:
                 programs.apply(self.kernel(), plan.programs, prelude=plan.render_shell())
             except LabError as e:
-                last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                raise LabError(f"building lab '{self.name}' in VM '{vm.name}' failed: {last}") from None
+                raise LabError(f"building lab '{self.name}' in VM '{vm.name}' failed: {_gist(str(e))}") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
