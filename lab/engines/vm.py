@@ -120,7 +120,8 @@ class VMEngine(Engine):
             try:
                 programs.apply(self.kernel(), plan.programs, prelude=plan.render_shell())
             except LabError as e:
-                raise LabError(f"building lab '{self.name}' in VM '{vm.name}' failed: {_gist(str(e))}") from None
+                why = _gist(str(e))
+                raise LabError(f"building lab '{self.name}' in VM '{vm.name}' failed: {why}") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down()
