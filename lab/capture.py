@@ -79,3 +79,33 @@ def captures(lab: Lab, points: Sequence[tuple[str, str]], directory: Path) -> It
         for cap in caps:
             if cap.job is not None and cap.job.running:
                 cap.job.terminate()
+
+
+def slice_pcap(src: Path, dst: Path, t0: float, t1: float) -> int:
+    """Copy the packets of pcap `src` captured within [t0, t1] (the capturing
+    kernel's clock, seconds) to `dst`, with src's header; the number copied.
+    `src` may still be growing (tcpdump -U writes whole records; a partial
+    last one is left out)."""
+    import struct
+
+    data = Path(src).read_bytes()
+    if len(data) < 24:
+        raise LabError(f"{src}: not a pcap (no header yet)")
+    magic = data[:4]
+    order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<",
+             b"\xa1\xb2\x3c\x4d": ">"}.get(magic)  # fmt: skip
+    if order is None:
+        raise LabError(f"{src}: not a pcap (magic {magic.hex()})")
+    frac = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+    out, off, n = [data[:24]], 24, 0
+    while off + 16 <= len(data):
+        sec, sub, incl, _orig = struct.unpack(order + "IIII", data[off : off + 16])
+        end = off + 16 + incl
+        if end > len(data):
+            break
+        if t0 <= sec + sub * frac <= t1:
+            out.append(data[off:end])
+            n += 1
+        off = end
+    Path(dst).write_bytes(b"".join(out))
+    return n

@@ -251,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("toalab: interrupted; everything this command built was removed", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `toalab decode F | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import topology
-from lab.capture import captures
+from lab.capture import Capture, captures, slice_pcap
 from lab.errors import LabError
 from lab.net import Lab
 
@@ -367,10 +367,8 @@ def _drive_l7(ctx: Context) -> tuple[list[Check], str]:
         checks.append(check(f"{rs} lookup without the module", "an error (no entry)", err or list(lookup),
                             ok=bool(err)))  # fmt: skip
     checks.append(check("the connection closed cleanly", True, flow.closed))
-    return (
-        checks,
-        f"{rs} getpeername {_ep(ev['peer'])} (proxy {proxy.name} from {_ep(flow.upstream['sock'])})",
-    )
+    via = _ep(flow.upstream["sock"])
+    return checks, f"{rs} getpeername {_ep(ev['peer'])} (the proxy connected from {via})"
 
 
 def _drive_gwping(ctx: Context) -> tuple[list[Check], str]:
@@ -449,11 +447,12 @@ def by_topology(scenarios: Sequence[Scenario]) -> list[Scenario]:
 
 
 def capture_points(topo: topology.Topology) -> list[tuple[str, str]]:
-    """(node, interface) of every linked interface of every node but the switches."""
+    """(node, interface) of every linked interface of every node.  The switch
+    ports matter: frames an XDP program redirects bypass the packet taps of
+    the port they leave by (the LB's own pcaps show only what its kernel
+    handles), and the switch port at the other end of the link sees them."""
     out = []
     for node in topo.nodes.values():
-        if node.role == "switch":
-            continue
         out += [(node.name, ep.ifname) for ep, _ in topo.links_of(node.name)]
     return out
 
@@ -483,6 +482,7 @@ class Runner:
         self.kernel_info: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self._lab: tuple[Path, Lab, float, contextlib.ExitStack] | None = None
+        self._caps: list[Capture] = []
         self._labs_made = 0
 
     # -- the engine's kernel -------------------------------------------------------------------
@@ -567,13 +567,28 @@ class Runner:
             self.kernel_info = {"release": os.uname().release, "engine": "host"}
         t0 = time.monotonic()
         stack = contextlib.ExitStack()
-        lab = stack.enter_context(vm.lab(topo, name=name) if vm is not None else Lab.up(topo, name=name))
+        try:
+            lab = stack.enter_context(vm.lab(topo, name=name) if vm is not None else Lab.up(topo, name=name))
+            # one capture per interface for the lab's life (a tcpdump start costs about a
+            # second of a TCG guest); each scenario gets its slice of them (slice_pcap)
+            where = self.out / "labs" / f"{self._labs_made}-{topo.name}"
+            where.mkdir(parents=True, exist_ok=True)
+            self._caps = stack.enter_context(captures(lab, capture_points(topo), where))
+        except BaseException:
+            stack.close()
+            raise
         self._lab = (path, lab, round(time.monotonic() - t0, 2), stack)
         return lab, self._lab[2]
 
+    def _clock(self, lab: Lab) -> float:
+        """Now, on the clock that stamps the lab's captures (its kernel's)."""
+        if self.engine == "host":
+            return time.time()
+        return float(lab.kernel().run(["date", "+%s.%N"], "reading the guest's clock").strip())
+
     def _close_lab(self) -> None:
         if self._lab is not None:
-            stack, self._lab = self._lab[3], None
+            stack, self._lab, self._caps = self._lab[3], None, []
             stack.close()
 
     def _modules(self, want: Sequence[str]) -> None:
@@ -615,13 +630,21 @@ class Runner:
         assert lab.topology is not None
         t1 = time.monotonic()
         try:
-            with captures(lab, capture_points(lab.topology), d):
-                t2 = time.monotonic()
-                res.checks, res.saw = DRIVERS[sc.traffic](Context(lab, sc, self.programs()))
-                t3 = time.monotonic()
+            start = self._clock(lab)
+            t2 = time.monotonic()
+            res.checks, res.saw = DRIVERS[sc.traffic](Context(lab, sc, self.programs()))
+            t3 = time.monotonic()
         except LabError as e:
             res.checks.append(check("traffic", "the application answers", str(e), ok=False))
             t2 = t3 = time.monotonic()
+        time.sleep(0.05)  # the last packets reach the captures
+        end = self._clock(lab)
+        for cap in self._caps:
+            if not cap.job or not cap.job.running:
+                where = f"{cap.node}:{cap.ifname}"
+                res.checks.append(check(f"the capture on {where}", "running", "stopped", ok=False))
+            elif cap.path.exists():
+                slice_pcap(cap.path, d / cap.path.name, start, end)
         if target is not None:
             problems = kmod.dmesg_problems(target, since=mark)
             res.checks.append(check("kernel log clean", [], problems[:5]))

@@ -114,7 +114,8 @@ def test_nomod_scenarios_on_the_host_engine(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "fullnat-4to4-tcp-nomod" / "result.json").read_text())
     assert saved["verdict"] == "pass" and saved["kernel"]["engine"] == "host" and saved["checks"]
     pcaps = {Path(p).name for p in saved["pcaps"]}
-    assert pcaps == {"client-eth0.pcap", "lb-eth0.pcap", "lb-eth1.pcap", "rs1-eth0.pcap", "rs2-eth0.pcap"}
+    assert pcaps == {"client-eth0.pcap", "lb-eth0.pcap", "lb-eth1.pcap", "rs1-eth0.pcap", "rs2-eth0.pcap",
+                     "switch-p0.pcap", "switch-p1.pcap", "switch-p2.pcap"}  # fmt: skip
     rs = saved["saw"].split()[0]
     options = [d.option for d in decode(str(tmp_path / "fullnat-4to4-tcp-nomod" / f"{rs}-eth0.pcap"))]
     assert options, "the RS's pcap shows no packet carrying the option"
@@ -160,3 +161,23 @@ def test_scenario(toalab_scenario, sid: str) -> None:  # type: ignore[no-untyped
     bad = [f"{c.name}: expected {c.expected}, observed {c.observed}" for c in res.checks if not c.ok]
     assert res.verdict == "pass", f"{sid}: {res.reason}\n" + "\n".join(bad)
     assert res.pcaps, f"{sid}: no pcap written"
+
+
+def test_slice_pcap_keeps_the_window_and_ignores_a_partial_record(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.utils import rdpcap, wrpcap
+
+    from lab.capture import slice_pcap
+
+    pkts = [IP(dst="192.0.2.1") / UDP(dport=1000 + i) for i in range(3)]
+    for i, p in enumerate(pkts):
+        p.time = 100.0 + i
+    src = tmp_path / "all.pcap"
+    wrpcap(str(src), pkts)
+    with src.open("ab") as f:
+        f.write(bytes(16 + 4)[:18])  # a record still being written
+    assert slice_pcap(src, tmp_path / "mid.pcap", 100.5, 101.5) == 1
+    assert [p[UDP].dport for p in rdpcap(str(tmp_path / "mid.pcap"))] == [1001]
+    (tmp_path / "short").write_bytes(b"\xd4\xc3")
+    with pytest.raises(LabError):
+        slice_pcap(tmp_path / "short", tmp_path / "x", 0, 1)
