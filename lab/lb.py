@@ -548,9 +548,12 @@ class LbHandle:
     prog_id: int
     ops: list[ProgOp]
     kernel: KernelHandle = field(default_factory=KernelHandle)  # the kernel it lives in
+    _map_ids: dict[str, int] = field(default_factory=dict, repr=False)  # a program's maps stay its own
 
     def map_id(self, name: str) -> int:
-        return self.kernel.map_id(self.prog_id, name)
+        if name not in self._map_ids:
+            self._map_ids[name] = self.kernel.map_id(self.prog_id, name)
+        return self._map_ids[name]
 
     def counters(self) -> dict[str, int]:
         return counters(self.kernel.map_dump(self.map_id(M_COUNTERS)))
