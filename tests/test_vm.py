@@ -28,7 +28,7 @@ from lab.vm import accel, kernels
 from lab.vm.client import VMError
 from lab.vm.config import build_dir
 from lab.vm.image import ImageBuilder
-from lab.vm.session import VMSession
+from lab.vm.session import VMSession, supervisor_alive
 
 pytestmark = pytest.mark.vm
 
@@ -234,6 +234,19 @@ def test_guest_panic_is_reported_with_the_console_log() -> None:
     assert f"console log: {log}" in msg
     assert "Kernel panic - not syncing" in log.read_text(errors="replace")
     assert _wait_dead(qemu)
+
+
+def test_a_boot_panic_boots_once_more_then_fails_with_both_logs() -> None:
+    """A guest that panics while booting (here: no init to run) is booted a second
+    time, as a TCG boot-time fault would warrant; a second panic is the error, and
+    the first boot's console log is kept beside the second's."""
+    vm = VMSession(progress=None, extra_cmdline="rdinit=/nonexistent")
+    with pytest.raises(VMError, match=r"guest kernel panic: .* console log: /") as exc:
+        vm.start()
+    assert vm.timings.get("boot_retries") == 1, vm.timings
+    assert (vm.rundir / "console-boot1.log").stat().st_size > 0
+    assert "Kernel panic" in (vm.rundir / "console.log").read_text(errors="replace"), str(exc.value)
+    assert supervisor_alive(vm.rundir) is None
 
 
 def test_guest_hang_is_detected() -> None:
