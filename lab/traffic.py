@@ -11,8 +11,8 @@ report their own addresses, so a check compares the two.
     ex = traffic.tcp_exchange(lab, "rs1", "lb", "192.0.2.11", 8080,
                               opt=("10.0.0.1:1", "10.0.0.2:2"), artifacts=progs)
     ex.event["peer"]                             # {"family": "ipv4", "addr": "10.0.0.1", "port": 1}
-    v = traffic.vip_exchange(lab, "client", ["rs1", "rs2"], "203.0.113.10", 80, 8080, programs=progs)
-    v.accept["peer"] == v.tcp_client["sock"]     # with toa.ko on the RS
+    f = traffic.vip_flow(lab, "tcp", "client", ["rs1", "rs2"], "203.0.113.10", 80, 8080, programs=progs)
+    f.event["peer"] == f.client["sock"]          # with toa.ko on the RS
 """
 
 from __future__ import annotations
@@ -226,54 +226,6 @@ class VipFlow:
     server: str
     event: dict[str, Any]
     reply: bool  # UDP: the server's echo came back to the client; TCP: the connection closed cleanly
-
-
-@dataclass
-class VipExchange:
-    """One TCP connection and one UDP datagram through the VIP (vip_exchange)."""
-
-    tcp: VipFlow
-    udp: VipFlow
-
-    @property
-    def tcp_client(self) -> dict[str, Any]:
-        return self.tcp.client
-
-    @property
-    def udp_client(self) -> dict[str, Any]:
-        return self.udp.client
-
-    @property
-    def tcp_server(self) -> str:
-        return self.tcp.server
-
-    @property
-    def udp_server(self) -> str:
-        return self.udp.server
-
-    @property
-    def accept(self) -> dict[str, Any]:
-        return self.tcp.event
-
-    @property
-    def datagram(self) -> dict[str, Any]:
-        return self.udp.event
-
-    @property
-    def udp_reply(self) -> bool:
-        return self.udp.reply
-
-
-def vip_exchange(
-    lab: Lab, client: str, servers: Sequence[str], vip: str, vport: int, rport: int,
-    *, programs: Programs, family: str | None = None, timeout: float = 15.0,
-) -> VipExchange:  # fmt: skip
-    """vip_flow for TCP, then for UDP."""
-    kw: dict[str, Any] = {"programs": programs, "family": family, "timeout": timeout}
-    return VipExchange(
-        vip_flow(lab, "tcp", client, servers, vip, vport, rport, **kw),
-        vip_flow(lab, "udp", client, servers, vip, vport, rport, **kw),
-    )
 
 
 def vip_flow(

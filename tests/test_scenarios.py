@@ -152,6 +152,36 @@ def test_an_application_that_never_answers_is_a_failed_check_with_the_pcaps_kept
     assert (tmp_path / "run" / "nobody-answers" / "client-eth0.pcap").stat().st_size > 24
 
 
+@pytest.mark.host
+@pytest.mark.bpf
+def test_the_cli_runs_scenarios_writes_reports_and_exits_by_the_verdicts(tmp_path: Path) -> None:
+    """toalab run on the host engine: the table, result.json, --json, --junit; a
+    scenario that needs the modules is a skip there (exit 0), an unknown id one line
+    and exit 2."""
+    import subprocess
+    import sys
+
+    def toalab(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "lab", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "run"
+    r = toalab("run", "fullnat-4to4-udp-nomod", "fullnat-4to4-udp", "--engine", "host", "--out", str(out),
+               "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"))  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fullnat-4to4-udp-nomod     PASS" in r.stdout and "fullnat-4to4-udp           SKIP" in r.stdout
+    assert "1 passed, 0 failed, 1 skipped" in r.stdout
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [x["verdict"] for x in doc["results"]] == ["pass", "skip"] and doc["engine"] == "host"
+    assert ET.parse(tmp_path / "r.xml").getroot().get("skipped") == "1"
+    assert (out / "fullnat-4to4-udp-nomod" / "result.json").exists()
+    r = toalab("run", "fullnat-9to9-tcp")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "unknown scenario 'fullnat-9to9-tcp'" in r.stderr
+    r = toalab("list")
+    assert r.returncode == 0 and all(sid in r.stdout for sid in REQUIRED)
+
+
 # -- every scenario in one guest --------------------------------------------------------------
 @pytest.mark.vm
 @pytest.mark.bpf
