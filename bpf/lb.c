@@ -180,6 +180,17 @@ static __always_inline __u64 idle_ns(const struct lb_cfg *cfg, __u8 proto)
 	return proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
 }
 
+/* The flow as the packet @p names it (the key is zeroed by the caller). */
+static __always_inline void pkt_flow_key(struct lb_flow_key *k, const struct pkt *p)
+{
+	k->src = p->src;
+	k->dst = p->dst;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+	k->family = p->family;
+}
+
 static __always_inline void rev_key_of(struct lb_flow_key *rk, const struct lb_fwd *f, __u8 proto)
 {
 	__builtin_memset(rk, 0, sizeof(*rk));
@@ -333,12 +344,7 @@ static __always_inline int lb_forward(struct xdp_md *ctx, struct pkt *p, struct 
 	if (!cfg || !sc)
 		return XDP_PASS;
 	e = &sc->e;
-	fk.src = p->src;
-	fk.dst = p->dst;
-	fk.sport = p->sport;
-	fk.dport = p->dport;
-	fk.proto = p->proto;
-	fk.family = p->family;
+	pkt_flow_key(&fk, p);
 	now = bpf_ktime_get_ns();
 	f = bpf_map_lookup_elem(&lb_fwd, &fk);
 	if (f && !fwd_alive(f, p->proto, now, idle_ns(cfg, p->proto))) {
@@ -541,12 +547,7 @@ int xdp_lb(struct xdp_md *ctx)
 		if (svc)
 			return lb_forward(ctx, &p, eth, svc);
 		__builtin_memset(&k, 0, sizeof(k));
-		k.rk.src = p.src;
-		k.rk.dst = p.dst;
-		k.rk.sport = p.sport;
-		k.rk.dport = p.dport;
-		k.rk.proto = p.proto;
-		k.rk.family = p.family;
+		pkt_flow_key(&k.rk, &p);
 		rv = bpf_map_lookup_elem(&lb_rev, &k.rk);
 		if (rv && p.ttl <= 1)
 			goto ttl_expired;
