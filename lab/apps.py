@@ -63,10 +63,6 @@ def nginx_binary() -> Path:
     return binary
 
 
-def nginx_version() -> str:
-    return (APPS / "nginx" / "package").read_text().strip() if (APPS / "nginx" / "package").exists() else ""
-
-
 def listen_line(socket: str, port: int) -> str:
     """nginx's listen directive for a socket kind: IPv4 only, IPv6 only, dual-stack."""
     return {

@@ -12,6 +12,8 @@ from lab.engines import Job
 from lab.errors import LabError
 from lab.net import Lab
 
+SETTLE_S = 0.05  # after the traffic: its last packets reach the captures
+
 
 class Capture:
     """``with Capture(lab, "rs1", "eth0", path) as cap: ...`` - pcap written on exit.
@@ -58,7 +60,11 @@ class Capture:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self.job is not None:
-            time.sleep(0.05)  # let the last packets of the body reach the capture
+            time.sleep(SETTLE_S)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.job is not None and self.job.running:
             self.job.terminate()
 
 
@@ -75,10 +81,9 @@ def captures(lab: Lab, points: Sequence[tuple[str, str]], directory: Path) -> It
         yield caps
     finally:
         if caps:
-            time.sleep(0.05)  # let the last packets of the body reach the captures
+            time.sleep(SETTLE_S)
         for cap in caps:
-            if cap.job is not None and cap.job.running:
-                cap.job.terminate()
+            cap.stop()
 
 
 def slice_pcap(src: Path, dst: Path, t0: float, t1: float) -> int:

@@ -216,10 +216,6 @@ class Rs:
     inner_dmac: bytes | str = b"\0" * 6
     vni: int = 0
 
-    @property
-    def vtep_family(self) -> int:
-        return ipaddress.ip_address(self.vtep_src).version
-
     def blob(self) -> Blob:
         """struct lb_rs; the ifindex may be a placeholder filled in when the ops run."""
         a = ipaddress.ip_address(self.rip)

@@ -7,7 +7,6 @@ an engine, used, taken down.  The Python API; also ``from lab import Lab``.
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,10 +16,8 @@ from typing import Any
 from lab.engines import Engine, ExecResult, Job, LabRecord, engine_class
 from lab.errors import LabError
 from lab.kernel import KernelHandle
-from lab.plan import ns_name
+from lab.plan import LAB_NAME, ns_name
 from lab.topology import Topology
-
-_LABNAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")
 
 
 class Lab:
@@ -37,7 +34,7 @@ class Lab:
         cls, topo: Topology, name: str | None = None, engine: str = "host", **engine_opts: Any
     ) -> Lab:
         name = name or topo.name
-        if not _LABNAME.match(name):
+        if not LAB_NAME.match(name):
             raise LabError(
                 f"lab name '{name}' must be 1-24 chars of a-z, 0-9, '-', '_' (choose one with --name)"
             )

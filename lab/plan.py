@@ -220,6 +220,9 @@ def _sysctl_path(key: str) -> str:
     return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
 
 
+# A lab's name: it prefixes namespaces, pin directories and VM names.
+LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")
+
 # What may stand in a line of an ip -batch script or a shell word we build:
 # names and addresses, never a quote, a space or a newline.
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:/%-]+$")

@@ -35,13 +35,16 @@ if TYPE_CHECKING:
 PIN_ROOT = Path("/sys/fs/bpf/toalab")
 
 
-_LAB = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")  # lab.net's rule for lab names
+def _lab_name(name: str) -> bool:
+    from lab.plan import LAB_NAME  # the plan imports this module
+
+    return bool(LAB_NAME.match(name))
 
 
 def pin_dir(lab: str) -> Path:
     """Where a lab's pinned programs and maps live (in its kernel's bpffs); the
     name is checked, as it reaches rm -rf (it may come from a listing)."""
-    if not _LAB.match(lab):
+    if not _lab_name(lab):
         raise LabError(f"refusing {lab!r} as a lab's pin directory name")
     return PIN_ROOT / lab
 
@@ -194,10 +197,11 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp], *, prelude: str = "") -> 
         listing = kernel.run(["sh", "-c", script], what, timeout=180)
     elif updates:
         listing = kernel.run(["sh", "-c", "; ".join(_listing(nss, ids))], "reading interfaces and map ids")
-    lines = [  # programs that tail-call themselves, into their own program array
-        f"map update pinned {_tok(op.pin)}/maps/{_tok(op.self_map)} key 0 0 0 0 value pinned {op.pin}/prog"
-        for op in setup if isinstance(op, ProgLoad) and op.self_map
-    ]  # fmt: skip
+    lines = []
+    for op in setup:  # programs that tail-call themselves, into their own program array
+        if isinstance(op, ProgLoad) and op.self_map:
+            pin, array = _tok(op.pin), _tok(op.self_map)
+            lines.append(f"map update pinned {pin}/maps/{array} key 0 0 0 0 value pinned {pin}/prog")
     if updates:
         ifindex, map_id = _resolve(listing)
         for op in updates:
@@ -231,7 +235,6 @@ def setup_script(
     loads = [op for op in ops if isinstance(op, ProgLoad)]
     if loads:
         out.append("grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf")
-    jobs: list[str] = []
     for op in loads:
         pin = shlex.quote(op.pin)
         obj = shlex.quote(str(paths[op.obj]))
@@ -269,6 +272,7 @@ def setup_script(
             case XdpAttachPinned():
                 line = f"net attach xdpdrv pinned {_tok(op.pin)}/prog dev {_tok(op.ifname)} overwrite"
                 pinned.setdefault(op.ns, []).append(line)
+    jobs: list[str] = []
     for ns in dict.fromkeys([*devs, *shell_ns, *attach]):
         chain = []
         if ns in devs:
@@ -412,7 +416,7 @@ def _teardown_lines(lab: str) -> list[str]:
 def teardown_all(kernel: KernelHandle) -> list[str]:
     """Every lab's pins (what toalab down --all finds left over); what was removed."""
     listing = kernel.exec(["ls", "-1", str(PIN_ROOT)])
-    labs = [n for n in listing.stdout.split() if _LAB.match(n)] if listing.returncode == 0 else []
+    labs = [n for n in listing.stdout.split() if _lab_name(n)] if listing.returncode == 0 else []
     for lab in labs:
         teardown(kernel, lab)
     return [str(pin_dir(lab)) for lab in labs]

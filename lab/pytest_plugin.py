@@ -122,10 +122,8 @@ def toalab_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
             path = Path(__file__).resolve().parent.parent / "topologies" / f"{topo}.yaml"
         t = topology.load(path)
         n = name or f"pl{len(labs)}-{os.getpid() % 100000}"
-        if engine == "vm":
-            lab = request.getfixturevalue("toalab_guest").lab(t, name=n).__enter__()
-        else:
-            lab = Lab.up(t, name=n)
+        guest = request.getfixturevalue("toalab_guest") if engine == "vm" else None
+        lab = guest.lab(t, name=n) if guest is not None else Lab.up(t, name=n)
         labs.append(lab)
         return lab
 

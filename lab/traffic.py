@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -253,9 +253,7 @@ def vip_flow(
             wait_for(jobs[rs], '"event":"listening"', timeout, f"{what} on {rs}")
         res = lab.exec(client, [*cli, vip, str(vport)], timeout=30 + timeout)
         cevs = events(res.stdout)
-        errors = [e for e in cevs if e.get("event") == "error"]
-        if errors:
-            raise LabError(f"{proto}_client on {client} failed: {errors[0]} {res.stderr.strip()}")
+        _no_error(cevs, f"{proto}_client on {client}", res.stderr.strip())
         rs = _first(jobs, f'"event":"{want}"', timeout, f"a {what} {want}ing for {vip}:{vport}")
         code = jobs[rs].wait(timeout)
         if code != 0:
@@ -272,9 +270,7 @@ def vip_flow(
             reply=reply,
         )
     finally:
-        for job in jobs.values():
-            if job.running:
-                job.terminate()
+        _stop(jobs.values())
 
 
 @dataclass
@@ -307,17 +303,13 @@ def proxy_flow(
         res = lab.exec(client, [programs.bin("tcp_client"), "--json", "--once", vip, str(port)],
                        timeout=30 + timeout)  # fmt: skip
         cevs = events(res.stdout)
-        errors = [e for e in cevs if e.get("event") == "error"]
-        if errors:
-            raise LabError(f"tcp_client on {client} failed: {errors[0]} {res.stderr.strip()}")
+        _no_error(cevs, f"tcp_client on {client}", res.stderr.strip())
         for name, node in (("proxy", proxy), ("server", server)):
             code = jobs[name].wait(timeout)
             if code != 0:
                 raise LabError(f"tcp_{name} on {node} exited {code}: {jobs[name].output()}")
         pevs = events(jobs["proxy"].output()[0])
-        perr = [e for e in pevs if e.get("event") == "error"]
-        if perr:
-            raise LabError(f"tcp_proxy on {proxy} failed: {perr[0]}")
+        _no_error(pevs, f"tcp_proxy on {proxy}")
         return ProxyFlow(
             client=_event(cevs, "connect", "tcp_client"),
             accept=_event(pevs, "accept", f"tcp_proxy on {proxy}"),
@@ -326,9 +318,20 @@ def proxy_flow(
             closed=res.returncode == 0,
         )
     finally:
-        for job in jobs.values():
-            if job.running:
-                job.terminate()
+        _stop(jobs.values())
+
+
+def _no_error(evs: list[dict[str, Any]], what: str, detail: str = "") -> None:
+    """LabError when a program reported an error event."""
+    err = next((e for e in evs if e.get("event") == "error"), None)
+    if err is not None:
+        raise LabError(f"{what} failed: {err} {detail}".rstrip())
+
+
+def _stop(jobs: Iterable[Any]) -> None:
+    for job in jobs:
+        if job.running:
+            job.terminate()
 
 
 def _first(jobs: dict[str, Any], needle: str, timeout: float, what: str) -> str:
