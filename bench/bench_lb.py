@@ -58,36 +58,26 @@ def _setup(proto: int, established: bool) -> list[bpf.MapUpdate]:
     rss = [lb.Rs(R, RP, 1, MAC_A, MAC_B), lb.Rs(C, VP, 1, MAC_A, MAC_B)]
     svc_a = lb.Svc(V, VP, proto, id=0, n_rs=1, n_local=1, rs_family=4, opt_pkts=65535)
     svc_b = lb.Svc(R, RP, proto, id=1, n_rs=1, n_local=1, rs_family=4, opt_pkts=65535)
-    ups = lb.tables([(svc_a, rss[:1], [L]), (svc_b, rss[1:], [C])], FOREVER)
-    ups += [
-        bpf.MapUpdate(
-            lb.M_FWD, lb.flow_key(C, V, CP, VP, proto), lb.fwd_value(L, R, LP, RP, 0, established=established)
-        ),
-        bpf.MapUpdate(
-            lb.M_FWD,
-            lb.flow_key(L, R, LP, RP, proto),
-            lb.fwd_value(C, V, CP, VP, lb.MAX_RS, established=established),
-        ),
-    ]
+    ups = lb.tables([(svc_a, rss[:1], [L]), (svc_b, rss[1:], [C])], FOREVER, {1: lb.PORT_CLIENT})
+    # C:33333 -> V:80 becomes L:40000 -> R:8080, which the second flow maps back
+    ups += lb.flow_entries(C, V, CP, VP, proto, L, R, LP, RP, 0, established=established)
+    ups += lb.flow_entries(L, R, LP, RP, proto, C, V, CP, VP, lb.MAX_RS, established=established)
     return ups
 
 
 def _rev_setup() -> list[bpf.MapUpdate]:
-    def rev(cip: str, vip: str, cport: int, vport: int) -> bytes:
-        return (
-            lb.addr16(cip)
-            + lb.addr16(vip)
-            + bytes.fromhex(f"{cport:04x}{vport:04x}")
-            + (1).to_bytes(4, "little")
-            + bytes(12)
-            + bytes([4, 1, 0, 0])
-            + bytes(8)
-        )
-
-    ups = [bpf.MapUpdate(lb.M_CFG, lb.u32(0), FOREVER.pack())]
+    # every repetition comes in on lo (ifindex 1): here an RS-side port, a client-side one for _setup
+    ups = [
+        bpf.MapUpdate(lb.M_CFG, lb.u32(0), FOREVER.pack()),
+        bpf.MapUpdate(lb.M_PORTS, lb.u32(1), lb.u32(lb.PORT_RS)),
+    ]
     # R:8080 -> L:40000 becomes V:80 -> C:33333, which is mirrored back
-    ups.append(bpf.MapUpdate(lb.M_REV, lb.flow_key(R, L, RP, LP, 6), rev(C, V, CP, VP)))
-    ups.append(bpf.MapUpdate(lb.M_REV, lb.flow_key(V, C, VP, CP, 6), rev(L, R, LP, RP)))
+    ups.append(
+        bpf.MapUpdate(lb.M_REV, lb.flow_key(R, L, RP, LP, 6), lb.rev_value(C, V, CP, VP, 1, established=True))
+    )
+    ups.append(
+        bpf.MapUpdate(lb.M_REV, lb.flow_key(V, C, VP, CP, 6), lb.rev_value(L, R, LP, RP, 1, established=True))
+    )
     return ups
 
 

@@ -15,11 +15,15 @@
  * "Forward" (see gwping.h, struct gw_port): the data plane owns the port;
  * an IP packet leaves through the port's configured egress with the
  * next hop's MAC (bpf_redirect -> XDP_REDIRECT), or back out of the same
- * port (XDP_TX) for a one-armed gateway.  Nothing else is rewritten: no TTL
- * decrement, the ping's wire change is exactly the seed's.  Handed to the
- * kernel: MAGIC_PASS pings, non-IP frames (ARP), IPv6 neighbour discovery
- * and every packet of a port with no gw_ports entry.  Dropped: frames whose
- * Ethernet/IP header is cut off or invalid.
+ * port (XDP_TX) for a one-armed gateway.  The gateway is a hop: the TTL /
+ * hop limit goes down by one (the IPv4 header checksum the way the kernel's
+ * ip_decrease_ttl() fixes it, the same arithmetic as the ping's), and a
+ * packet it would bring to 0 is dropped, so that a routing loop through
+ * gateways ends; beyond that, the ping's wire change is exactly the seed's.
+ * Handed to the kernel: MAGIC_PASS pings, non-IP frames (ARP), IPv6
+ * neighbour discovery and every packet of a port with no gw_ports entry.
+ * Dropped: frames whose Ethernet/IP header is cut off or invalid, and those
+ * whose TTL would reach 0.
  *
  * Differences from the seed's sketch, none visible on the wire for its
  * prober's packets (Timestamps as the first option): the options are walked
@@ -132,7 +136,39 @@ __noinline int gwping_tcp(struct xdp_md *ctx, __u32 l4off)
 	return PING_FWD;
 }
 
-static __always_inline int gw_forward(struct xdp_md *ctx, struct ethhdr *eth)
+/*
+ * One hop off the TTL / hop limit of the IP header at @l3off (at most two
+ * VLAN tags in): 0, or -1 when it would reach 0.  IPv4's checksum goes up
+ * by htons(0x0100) with end-around carry, as in ip_decrease_ttl(): TTL is
+ * the high byte of its header word.
+ */
+static __always_inline int gw_hop(struct xdp_md *ctx, __u32 l3off, __u16 proto)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (l3off > sizeof(struct ethhdr) + PARSE_VLAN_MAX * sizeof(struct vlan_hdr))
+		return -1;
+	if (proto == ETH_P_IP) {
+		struct iphdr *iph = data + l3off;
+
+		if ((void *)(iph + 1) > data_end || iph->ttl <= 1)
+			return -1;
+		iph->ttl--;
+		csum_add_field(&iph->check, bpf_htons(0x0100));
+		return 0;
+	}
+	{
+		struct ipv6hdr *ip6h = data + l3off;
+
+		if ((void *)(ip6h + 1) > data_end || ip6h->hop_limit <= 1)
+			return -1;
+		ip6h->hop_limit--;
+		return 0;
+	}
+}
+
+static __always_inline int gw_forward(struct xdp_md *ctx, struct ethhdr *eth, __u32 l3off, __u16 proto)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
 	struct gw_port *port;
@@ -141,6 +177,10 @@ static __always_inline int gw_forward(struct xdp_md *ctx, struct ethhdr *eth)
 	if (!port) {
 		percpu_count(&gw_counters, GW_CNT_FWD_NOCFG);
 		return XDP_PASS;
+	}
+	if (gw_hop(ctx, l3off, proto) < 0) {
+		percpu_count(&gw_counters, GW_CNT_FWD_TTL);
+		return XDP_DROP;
 	}
 	__builtin_memcpy(eth->h_source, port->smac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, port->dmac, ETH_ALEN);
@@ -167,6 +207,7 @@ int xdp_gwping(struct xdp_md *ctx)
 	struct hdr_cursor c = { .pos = (void *)(long)ctx->data };
 	int v = PING_NONE;
 	struct ethhdr *eth;
+	__u32 l3off;
 	__u16 proto;
 	__u8 l4;
 
@@ -174,6 +215,7 @@ int xdp_gwping(struct xdp_md *ctx)
 		percpu_count(&gw_counters, GW_CNT_MALFORMED);
 		return XDP_DROP;
 	}
+	l3off = (__u32)(c.pos - (void *)(long)ctx->data);
 	if (proto == ETH_P_IP) {
 		struct iphdr *iph;
 
@@ -207,5 +249,5 @@ int xdp_gwping(struct xdp_md *ctx)
 
 	if (v == PING_PASS)
 		return XDP_PASS;
-	return gw_forward(ctx, eth);
+	return gw_forward(ctx, eth, l3off, proto);
 }

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import struct
 import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BPF_DIR = ROOT / "bpf"
 BUILD_DIR = BPF_DIR / "build"
 TEST_RUN = BUILD_DIR / "xdp_test_run"
+PORTS_MAX = 64  # xdp_test_run --ports: lo and dummy devices up to this ifindex
 
 XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
 
@@ -123,6 +126,16 @@ def _maps(doc: dict) -> dict[str, list[MapEntry]]:
     return out
 
 
+def _pcap(path: Path, pkts: Sequence[bytes], ingress: Sequence[int] | None) -> list[str]:
+    """A classic pcap of `pkts` as xdp_test_run's --file reads it; each packet's
+    ingress ifindex, if given, in its record's microseconds (--ingress-in-pcap)."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i, p in enumerate(pkts):
+        out.append(struct.pack("<IIII", 0, ingress[i] if ingress else 0, len(p), len(p)) + p)
+    path.write_bytes(b"".join(out))
+    return ["--ingress-in-pcap", "--file", str(path)] if ingress else ["--file", str(path)]
+
+
 def run_xdp_many(
     obj: str | Path,
     prog: str,
@@ -132,16 +145,25 @@ def run_xdp_many(
     map_updates: Sequence[MapUpdate] = (),
     dump_maps: Sequence[str] = (),
     ifindex: int | None = None,
+    ingress: Sequence[int] | None = None,
     self_map: str | None = None,
     timeout: float = 120.0,
     runner: Runner = local_runner,
+    as_file: bool = False,
 ) -> list[XdpResult]:
     """Run PROG of OBJ once per packet (each `repeat` times) in one load of the
     object; map updates apply before the first run, dumps are taken after the
     last one (every result carries the same dump).  `self_map`: a program array
-    of the object that gets the program at key 0 (it tail-calls itself)."""
+    of the object that gets the program at key 0 (it tail-calls itself).
+    `ingress`: the ingress ifindex of each packet, 1 (lo) up to PORTS_MAX; the
+    run then happens in a network namespace of its own with a device of each
+    of those indexes (`ifindex` instead: one ifindex for all, of the current
+    namespace).  `as_file`: the packets go to the tool in pcap files, not on its
+    command line (thousands of packets; the files are this host's)."""
     if not pkts:
         raise BpfError("run_xdp_many: no packets")
+    if ingress is not None and (len(ingress) != len(pkts) or not all(1 <= i <= PORTS_MAX for i in ingress)):
+        raise BpfError(f"run_xdp_many: one ingress ifindex in 1..{PORTS_MAX} per packet")
     argv = [str(_tool()), str(obj), "--prog", prog, "--repeat", str(repeat)]
     for u in map_updates:
         argv += ["--map-update", u.map, u.key.hex(), u.value.hex()]
@@ -149,11 +171,19 @@ def run_xdp_many(
         argv += ["--dump-map", m]
     if ifindex is not None:
         argv += ["--ifindex", str(ifindex)]
+    if ingress is not None and max(ingress) > 1:
+        argv += ["--ports", str(max(ingress))]
     if self_map:
         argv += ["--self", self_map]
-    for pkt in pkts:
-        argv += ["--hex", bytes(pkt).hex()]
-    doc = _run_tool(argv, timeout, runner)
+    with tempfile.TemporaryDirectory(prefix="toalab-xdp-") as tmp:
+        if as_file:
+            argv += _pcap(Path(tmp) / "in.pcap", [bytes(p) for p in pkts], ingress)
+        else:
+            for i, pkt in enumerate(pkts):
+                if ingress is not None and (i == 0 or ingress[i] != ingress[i - 1]):
+                    argv += ["--ifindex", str(ingress[i])]
+                argv += ["--hex", bytes(pkt).hex()]
+        doc = _run_tool(argv, timeout, runner)
     maps = _maps(doc)
     return [
         XdpResult(

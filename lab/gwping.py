@@ -16,10 +16,11 @@ Gateway data-plane model (``forward`` made concrete; see bpf/include/gwping.h):
 a gateway data plane owns its ports.  Every IP packet arriving on a port,
 whatever its destination address, leaves through the port's configured
 egress towards a fixed next hop (``bpf_redirect`` -> XDP_REDIRECT, or XDP_TX
-when the egress is the ingress port: a one-armed gateway), MACs rewritten,
-nothing else touched (no TTL decrement: the ping's only change on the wire
-is the seed's).  Handed to the kernel: MAGIC_PASS pings, non-IP frames (ARP),
-IPv6 neighbour discovery, and everything on a port without configuration.
+when the egress is the ingress port: a one-armed gateway), MACs rewritten
+and the TTL / hop limit one less (a packet it would bring to 0 is dropped);
+beyond that hop, the ping's only change on the wire is the seed's.  Handed to
+the kernel: MAGIC_PASS pings, non-IP frames (ARP), IPv6 neighbour discovery,
+and everything on a port without configuration.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from lab.checksum import ones_sum, pseudo_header
 from lab.errors import LabError
 from lab.kernel import KernelHandle
 from lab.kinds import XdpPort, xdp_ports
-from lab.plan import mac_of
 from lab.programs import Attached, Blob, IfIndex, MapUpdate, ProgOp, TxCsumOff, XdpAttach
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ COUNTERS = (
     "fwd_redirect",
     "fwd_tx",
     "fwd_nocfg",
+    "fwd_ttl",
 )
 CLASS_COUNTERS = COUNTERS[:10]  # exactly one of these per packet
 FWD_COUNTERS = COUNTERS[10:]  # one of these per packet that went to forwarding
@@ -202,6 +203,8 @@ def program_ops(topo: Topology, namespaces: dict[str, str]) -> list[ProgOp]:
     EGRESS from EGRESS's MAC to the MAC of EGRESS's link peer (both the
     plan's).  Peers of redirect targets need an XDP program (a veth accepts
     redirected frames only then): declare xdp_pass on them."""
+    from lab.plan import mac_of  # here: the prober (toalab gwping) imports this module for its MAGIC alone
+
     atts = xdp_attachments(topo)
     ends = {(a.node, a.ifname) for a in atts} | {peer_of(topo, a.node, a.ifname) for a in atts}
     ops: list[ProgOp] = [TxCsumOff(namespaces[node], ifname) for node, ifname in sorted(ends)]

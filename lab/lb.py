@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lab import bpf, kinds, programs
+from lab import bpf, kinds, programs, sched
 from lab.errors import LabError
 from lab.kernel import KernelHandle
 from lab.plan import mac_of
@@ -51,6 +51,7 @@ from lab.programs import (
     XdpAttachPinned,
     pin_dir,
 )
+from lab.topology import MAX_RS
 
 if TYPE_CHECKING:
     from lab.net import Lab
@@ -63,9 +64,9 @@ BPF_PROG = "xdp_lb"
 BASELINE_OBJ = "lb_mactx"
 BASELINE_PROG = "xdp_mactx"
 
-MAX_RS = 16
 MAX_LOCAL = 8
 SVC_VXLAN = 0x0001
+RS_DOWN = 0x0001
 PORT_CLIENT, PORT_RS = 1, 2
 PROTO = {"tcp": 6, "udp": 17}
 OPT_LEN = {4: 16, 6: 40}  # option bytes by inner (client) family
@@ -95,6 +96,13 @@ COUNTERS = (
     "decap",
     "decap_fail",
     "ttl_expired",
+    "persist",
+    "resched",
+    "udp_opt_mtu",
+    "wrong_port",
+    "icmp",
+    "icmp_drop",
+    "pair_broken",
 )
 
 # map names (the kernel keeps 15 characters)
@@ -108,6 +116,7 @@ M_SERVICES, M_VIPS, M_RS, M_LOCAL, M_CFG, M_PORTS = (
 )
 M_FWD, M_REV, M_COUNTERS = "lb_fwd", "lb_rev", "lb_counters"
 M_VTEPS, M_SELF = "lb_vteps", "lb_self"  # the LB's VTEPs; the program itself (prog array, key 0)
+M_RING, M_PERSIST, M_RS_FLOWS = "lb_ring", "lb_persist", "lb_rs_flows"
 
 
 class LbError(LabError):
@@ -185,13 +194,28 @@ class Svc:
     opt_pkts: int = 1
     mss_syn: int = 0
     mss_synack: int = 0
+    scheduler: str = sched.DEFAULT
+    persist_s: int = 0
+    mtu_rs: int = 0  # the RS side's path MTU: UDP's room for the option (0: no guard)
 
     def key(self) -> bytes:
         return svc_key(self.vip, self.vport, self.proto)
 
-    def pack(self) -> bytes:
+    @classmethod
+    def parse(cls, key: bytes, value: bytes) -> tuple[Svc, int]:
+        """An lb_services entry: the service and its ring_len."""
+        vport, proto, fam = struct.unpack("!H", key[16:18])[0], key[18], key[19]
+        sid, n_rs, n_local, flags, opt_pkts, mss_syn, mss_synack, rfam, sch, ring_len, persist, mtu, _ = (
+            struct.unpack("<IIIHHHHBBHIHH", value[:32])
+        )
+        svc = cls(_addr(key[:16], fam), vport, proto, sid, n_rs, n_local, rfam, flags, opt_pkts, mss_syn,
+                  mss_synack, sched.name_of(sch), persist, mtu)  # fmt: skip
+        return svc, ring_len
+
+    def pack(self, ring_len: int = 0) -> bytes:
+        """struct lb_svc; ring_len: the slots of its ring in use (entries() knows)."""
         return struct.pack(
-            "<IIIHHHHB3x",
+            "<IIIHHHHBBHIHH",
             self.id,
             self.n_rs,
             self.n_local,
@@ -200,6 +224,11 @@ class Svc:
             self.mss_syn,
             self.mss_synack,
             self.rs_family,
+            sched.number(self.scheduler),
+            ring_len,
+            self.persist_s,
+            self.mtu_rs,
+            0,
         )
 
 
@@ -215,6 +244,12 @@ class Rs:
     inner_smac: bytes | str = b"\0" * 6
     inner_dmac: bytes | str = b"\0" * 6
     vni: int = 0
+    weight: int = 1
+    down: bool = False
+    name: str = ""  # stable identity in the Maglev ring (the node's name); rip when empty
+
+    def server(self) -> sched.Server:
+        return sched.Server(self.name or str(self.rip), self.weight, not self.down)
 
     def blob(self) -> Blob:
         """struct lb_rs; the ifindex may be a placeholder filled in when the ops run."""
@@ -231,11 +266,25 @@ class Rs:
             + addr16(src)
             + addr16(dst)
             + _mac(self.inner_smac)
-            + _mac(self.inner_dmac),
+            + _mac(self.inner_dmac)
+            + struct.pack("<HH", self.weight, RS_DOWN if self.down else 0),
         )
 
     def pack(self) -> bytes:
         return self.blob().resolve(_no_placeholder)
+
+    @classmethod
+    def parse(cls, value: bytes, name: str = "") -> Rs:
+        """An lb_rs entry (as the kernel holds it: the ifindex resolved)."""
+        fam, vfam = value[18], value[19]
+        (ifindex,) = struct.unpack("<I", value[20:24])
+        (vni,) = struct.unpack("<I", value[36:40])
+        weight, flags = struct.unpack("<HH", value[84:88])
+        return cls(
+            str(_addr(value[:16], fam)), struct.unpack("!H", value[16:18])[0], ifindex, value[24:30],
+            value[30:36], str(_addr(value[40:56], vfam or 4)), str(_addr(value[56:72], vfam or 4)),
+            value[72:78], value[78:84], vni, weight, bool(flags & RS_DOWN), name,
+        )  # fmt: skip
 
 
 def mss_rules(
@@ -252,6 +301,13 @@ def mss_rules(
     return syn, synack
 
 
+def ring_value(table: list[int]) -> bytes:
+    """struct lb_ring: the ring's slots, the unused tail zero."""
+    if len(table) > sched.RING:
+        raise LbError(f"a ring of {len(table)} slots (at most {sched.RING})")
+    return bytes(table).ljust(sched.RING, b"\0")
+
+
 def entries(
     svcs: list[tuple[Svc, list[Rs], list[IpAddr | str]]],
     cfg: Cfg,
@@ -263,6 +319,7 @@ def entries(
     out = [(M_CFG, Blob.of(u32(0)), Blob.of(cfg.pack()))]
     vips: set[bytes] = set()
     vteps: set[bytes] = set()
+    rings: set[int] = set()  # a service's TCP and UDP share its id, real servers and ring
     for svc, rss, locals_ in svcs:
         if not 0 < len(rss) <= MAX_RS or not 0 < len(locals_) <= MAX_LOCAL:
             raise LbError(
@@ -271,7 +328,11 @@ def entries(
         for r in rss:
             if ipaddress.ip_address(r.rip).version != svc.rs_family:
                 raise LbError(f"real server {r.rip} is not IPv{svc.rs_family} like the local addresses")
-        out.append((M_SERVICES, Blob.of(svc.key()), Blob.of(svc.pack())))
+        table = sched.ring(svc.scheduler, [r.server() for r in rss])
+        out.append((M_SERVICES, Blob.of(svc.key()), Blob.of(svc.pack(len(table)))))
+        if svc.id not in rings:
+            rings.add(svc.id)
+            out.append((M_RING, Blob.of(u32(svc.id)), Blob.of(ring_value(table))))
         vips.add(svc_key(svc.vip, 0, 0))
         for i, r in enumerate(rss):
             out.append((M_RS, Blob.of(u32(svc.id * MAX_RS + i)), r.blob()))
@@ -320,6 +381,48 @@ def fwd_value(
     )
 
 
+def rev_value(
+    cip: IpAddr | str, vip: IpAddr | str, cport: int, vport: int, ifindex: int, *, established: bool = False
+) -> bytes:
+    """struct lb_rev (MACs zero, last_ns 0)."""
+    fam = ipaddress.ip_address(cip).version
+    return (
+        addr16(cip)
+        + addr16(vip)
+        + struct.pack("!HH", cport, vport)
+        + struct.pack("<I", ifindex)
+        + bytes(12)
+        + bytes([fam, 1 if established else 0, 0, 0])
+        + bytes(8)
+    )
+
+
+def flow_entries(
+    cip: IpAddr | str, vip: IpAddr | str, cport: int, vport: int, proto: int,
+    lip: IpAddr | str, rip: IpAddr | str, lport: int, rport: int, rs_idx: int,
+    *, ifindex: int = 1, established: bool = False,
+) -> list[bpf.MapUpdate]:  # fmt: skip
+    """Both halves of a flow, naming each other (the program uses a forward entry only
+    with its reverse half): what a new flow's first packet would have left."""
+    return [
+        bpf.MapUpdate(M_FWD, flow_key(cip, vip, cport, vport, proto),
+                      fwd_value(lip, rip, lport, rport, rs_idx, established=established)),
+        bpf.MapUpdate(M_REV, flow_key(rip, lip, rport, lport, proto),
+                      rev_value(cip, vip, cport, vport, ifindex, established=established)),
+    ]  # fmt: skip
+
+
+def persist_key(cip: IpAddr | str, svc_id: int) -> bytes:
+    """struct lb_persist_key: a client of a service."""
+    a = ipaddress.ip_address(cip)
+    return addr16(a) + struct.pack("<I", svc_id) + bytes([a.version, 0, 0, 0])
+
+
+def persist_value(last_ns: int, rs_idx: int) -> bytes:
+    """struct lb_persist."""
+    return struct.pack("<QII", last_ns, rs_idx, 0)
+
+
 def _addr(b: bytes, family: int) -> IpAddr:
     return ipaddress.ip_address(b[:4] if family == 4 else b[:16])
 
@@ -339,6 +442,8 @@ class Flow:
     rport: int
     pkts: int
     rs_established: bool
+    rs_idx: int = 0
+    last_ns: int = 0
 
     @classmethod
     def parse(cls, key: bytes, value: bytes) -> Flow:
@@ -346,7 +451,7 @@ class Flow:
         sport, dport = struct.unpack("!HH", key[32:36])
         lip, rip, vals = value[:16], value[16:32], value[32:]
         lport, rport = struct.unpack("!HH", vals[:4])
-        (pkts,) = struct.unpack("<I", vals[16:20])
+        rs_idx, last_ns, pkts = struct.unpack("<IQI", vals[4:20])
         rfam, state = vals[20], vals[21]
         return cls(
             _addr(key[:16], cfam),
@@ -360,6 +465,8 @@ class Flow:
             rport,
             pkts,
             bool(state & 1),
+            rs_idx,
+            last_ns,
         )
 
 
@@ -410,7 +517,8 @@ def ops(topo: Topology, namespaces: dict[str, str], lab: str, *, lb: str | None 
         peer_ns = namespaces[pnode]
         out += [TxCsumOff(lb_ns, ifname), TxCsumOff(peer_ns, pif), XdpAttach(peer_ns, pif, "xdp_pass")]
     out += [XdpAttachPinned(lb_ns, ifname, pin) for ifname in (fn.client_if, fn.rs_if)]
-    configs = [service_config(topo, s, sid, lb_ns, fn, namespaces) for sid, s in enumerate(svcs)]
+    ids = service_ids(topo, lb)
+    configs = [service_config(topo, s, ids[s.name], lb_ns, fn, namespaces) for s in svcs]
     flat = [(sv, rss, locs) for svl, rss, locs in configs for sv in svl]
     ports: dict[int | IfIndex, int] = {
         IfIndex(lb_ns, fn.client_if): PORT_CLIENT,
@@ -418,6 +526,11 @@ def ops(topo: Topology, namespaces: dict[str, str], lab: str, *, lb: str | None 
     }
     out += [MapUpdate(pin, m, k, v) for m, k, v in entries(flat, cfg, ports)]
     return out
+
+
+def service_ids(topo: Topology, lb: str | None = None) -> dict[str, int]:
+    """Service name -> its id in the maps (lb_svc.id: its real servers, ring, persistence)."""
+    return {s.name: i for i, s in enumerate(s for s in topo.services.values() if lb is None or s.lb == lb)}
 
 
 def _link_mtu(topo: Topology, node: str, ifname: str) -> int:
@@ -428,11 +541,31 @@ def _link_mtu(topo: Topology, node: str, ifname: str) -> int:
     return 1500
 
 
+def rs_side_mtu(
+    topo: Topology, svc: Service, rs_if: str, mtus: dict[tuple[str, str], int] | None = None
+) -> int:
+    """The smallest MTU between the LB and any of the service's real servers: its
+    RS-side port's link and each real server's own link (``mtus``: measured ones,
+    node:if -> MTU, of a running lab, where they may have changed)."""
+    def mtu(node: str, ifname: str) -> int:
+        peer = _peer(topo, node, ifname)
+        if mtus is None:
+            return _link_mtu(topo, node, ifname)
+        return min(mtus.get((node, ifname), 1500), mtus.get(peer, 1500))
+
+    return min([mtu(svc.lb, rs_if), *(mtu(rs, _rs_ifname(topo, rs)) for rs in svc.real_servers)])
+
+
 def _rs_ifname(topo: Topology, rs: str) -> str:
     for ifname in topo.node(rs).interfaces:
         if ifname != "lo":
             return ifname
     raise LbError(f"real server {rs} has no interface")
+
+
+def peer_of(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
+    """The other end of node:ifname's link."""
+    return _peer(topo, node, ifname)
 
 
 def _peer(topo: Topology, node: str, ifname: str) -> tuple[str, str]:
@@ -460,6 +593,8 @@ def service_config(
             ifindex=IfIndex(lb_ns, fn.rs_if),
             smac=lb_mac,
             dmac=mac_of(name, _rs_ifname(topo, name)),
+            weight=svc.weight(name),
+            name=name,
         )
         vx = kinds.vxlan(node) if svc.vxlan else None
         if vx is not None:
@@ -472,13 +607,9 @@ def service_config(
                 vni=vx.vni,
             )
         rss.append(rs)
-    syn, synack = mss_rules(
-        svc.vip.version,
-        rs_family,
-        _link_mtu(topo, svc.lb, fn.client_if),
-        _link_mtu(topo, svc.lb, fn.rs_if),
-        svc.vxlan,
-    )
+    mtu_rs = rs_side_mtu(topo, svc, fn.rs_if)
+    client_mtu = _link_mtu(topo, svc.lb, fn.client_if)
+    syn, synack = mss_rules(svc.vip.version, rs_family, client_mtu, mtu_rs, svc.vxlan)
     out = [
         Svc(
             vip=svc.vip,
@@ -492,6 +623,9 @@ def service_config(
             opt_pkts=fn.udp_opt_pkts,
             mss_syn=syn,
             mss_synack=synack,
+            scheduler=svc.scheduler,
+            persist_s=svc.persistence,
+            mtu_rs=mtu_rs,
         )
         for proto in svc.protocols
     ]
@@ -547,9 +681,12 @@ class LbHandle:
     _map_ids: dict[str, int] = field(default_factory=dict, repr=False)  # a program's maps stay its own
 
     def map_id(self, name: str) -> int:
-        if name not in self._map_ids:
-            self._map_ids[name] = self.kernel.map_id(self.prog_id, name)
-        return self._map_ids[name]
+        if not self._map_ids:
+            self._map_ids = self.kernel.prog_map_ids(self.prog_id)
+        if name[:15] not in self._map_ids:  # the kernel keeps 15 characters of a name
+            have = ", ".join(self._map_ids)
+            raise LbError(f"program {self.prog_id} uses no map named {name} (maps: {have})")
+        return self._map_ids[name[:15]]
 
     def counters(self) -> dict[str, int]:
         return counters(self.kernel.map_dump(self.map_id(M_COUNTERS)))

@@ -26,6 +26,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from lab import bpf
+from lab.checksum import ones_sum
 from lab.gwping import (
     BPF_PROG,
     CLASS_COUNTERS,
@@ -61,9 +62,7 @@ def run(
     obj: Path, frames: list[bytes], port: GwPort | None = PORT, repeat: int = 1
 ) -> tuple[list[bpf.XdpResult], dict[str, int]]:
     updates = [bpf.MapUpdate(PORTS_MAP, GwPort.key(IN_IFINDEX), port.pack())] if port else []
-    res = bpf.run_xdp_many(
-        obj, BPF_PROG, frames, repeat, map_updates=updates, dump_maps=[COUNTERS_MAP]
-    )
+    res = bpf.run_xdp_many(obj, BPF_PROG, frames, repeat, map_updates=updates, dump_maps=[COUNTERS_MAP])
     raw = res[0].counters(COUNTERS_MAP)
     return res, {name: raw.get(i, 0) for i, name in enumerate(COUNTERS)}
 
@@ -72,9 +71,9 @@ def v4(tsval: int | None = MAGIC, flags: str = "S", options: list | None = None,
     if options is None:
         options = [("Timestamp", (tsval, 0))] if tsval is not None else []
     return bytes(
-        ETH / IP(src="192.0.2.1", dst="198.51.100.7", id=1) / TCP(
-            sport=40000, dport=80, seq=1234567, flags=flags, options=options, **tcp
-        )
+        ETH
+        / IP(src="192.0.2.1", dst="198.51.100.7", id=1)
+        / TCP(sport=40000, dport=80, seq=1234567, flags=flags, options=options, **tcp)
     )
 
 
@@ -112,8 +111,21 @@ def csum_offset(frame: bytes) -> int:
 
 
 def forwarded(frame: bytes) -> bytes:
-    """What the data plane sends on: the MACs of the port, nothing else."""
-    return DST_MAC + SRC_MAC + frame[12:]
+    """What the data plane sends on: the MACs of the port, the TTL / hop limit
+    one less (IPv4's header checksum computed afresh here), nothing else."""
+    out = bytearray(DST_MAC + SRC_MAC + frame[12:])
+    l3 = 12
+    while out[l3 : l3 + 2] in (b"\x81\x00", b"\x88\xa8"):
+        l3 += 4
+    l3 += 2
+    if out[l3] >> 4 == 4:
+        ihl = (out[l3] & 0xF) * 4
+        out[l3 + 8] -= 1
+        out[l3 + 10 : l3 + 12] = b"\0\0"
+        out[l3 + 10 : l3 + 12] = (0xFFFF - ones_sum(bytes(out[l3 : l3 + ihl]))).to_bytes(2, "big")
+    else:
+        out[l3 + 7] -= 1
+    return bytes(out)
 
 
 def pinged(frame: bytes) -> bytes:
@@ -150,10 +162,10 @@ def test_magic_is_decremented_and_forwarded(obj: Path) -> None:
     assert frame[t : t + 4] == bytes.fromhex("deadbeef")
     assert r.data_out[t : t + 4] == bytes.fromhex("ddadbeef")
     assert r.data_out == pinged(frame)
-    # only MACs, the TSval's first byte and the checksum differ
+    # only MACs, the hop (TTL and IPv4 header checksum), the TSval's first byte and the checksum differ
     diff = [i for i in range(len(frame)) if frame[i] != r.data_out[i]]
     c = csum_offset(frame)
-    assert set(diff) <= set(range(12)) | {t, c, c + 1}
+    assert set(diff) <= set(range(12)) | {14 + 8, 14 + 10, 14 + 11} | {t, c, c + 1}
     assert t in diff
     assert_csum_canonical(r.data_out)
     only(cnt, ping_fwd=1, fwd_redirect=1)
@@ -254,9 +266,10 @@ def _with_raw_options(raw: bytes) -> bytes:
     """A SYN whose options are exactly RAW (padded with EOL), checksum fixed."""
     pad = raw + b"\0" * (-len(raw) % 4)
     return bytes(
-        ETH / IP(src="192.0.2.1", dst="198.51.100.7") / TCP(
-            sport=1, dport=2, flags="S", dataofs=5 + len(pad) // 4
-        ) / pad
+        ETH
+        / IP(src="192.0.2.1", dst="198.51.100.7")
+        / TCP(sport=1, dport=2, flags="S", dataofs=5 + len(pad) // 4)
+        / pad
     )
 
 
@@ -310,8 +323,7 @@ def test_truncated_or_invalid_ip_and_ethernet_are_dropped(obj: Path) -> None:
     long_ihl = bytearray(whole)
     long_ihl[14] = 0x4F  # 60-byte header claimed, 58 bytes of packet after eth
     # BPF_PROG_TEST_RUN refuses XDP packets shorter than an Ethernet header
-    frames = [whole[:14], whole[:15], whole[:33], bytes(bad_version),
-              bytes(short_ihl), bytes(long_ihl)[:60]]
+    frames = [whole[:14], whole[:15], whole[:33], bytes(bad_version), bytes(short_ihl), bytes(long_ihl)[:60]]
     res, cnt = run(obj, frames)
     assert [r.action for r in res] == ["XDP_DROP"] * len(frames)
     assert [r.data_out for r in res] == frames
@@ -322,7 +334,7 @@ def test_ipv6_truncated(obj: Path) -> None:
     whole = v6(MAGIC)
     assert len(whole) == 14 + 40 + 32
     ip_cut = [whole[:14], whole[:40], whole[:53]]
-    tcp_cut = [whole[:54], whole[:54 + 19], whole[:54 + 25], whole[:-1]]
+    tcp_cut = [whole[:54], whole[: 54 + 19], whole[: 54 + 25], whole[:-1]]
     res, cnt = run(obj, ip_cut + tcp_cut)
     assert [r.action for r in res] == ["XDP_DROP"] * 3 + ["XDP_REDIRECT"] * 4
     assert [r.data_out for r in res[3:]] == [forwarded(f) for f in tcp_cut]
@@ -369,8 +381,10 @@ def test_ipv6_extension_headers_are_walked(obj: Path) -> None:
 
 
 def test_ipv6_fragment_is_not_tcp(obj: Path) -> None:
-    frames = [v6(MAGIC, ext=IPv6ExtHdrFragment(offset=0, m=1)),
-              v6(MAGIC, ext=IPv6ExtHdrFragment(offset=3, m=0))]
+    frames = [
+        v6(MAGIC, ext=IPv6ExtHdrFragment(offset=0, m=1)),
+        v6(MAGIC, ext=IPv6ExtHdrFragment(offset=3, m=0)),
+    ]
     res, cnt = run(obj, frames)
     assert [r.data_out for r in res] == [forwarded(f) for f in frames]
     only(cnt, not_tcp=2, fwd_redirect=2)
@@ -387,8 +401,11 @@ def test_ipv6_neighbour_discovery_goes_to_the_kernel(obj: Path) -> None:
 
 
 def test_ipv4_fragment_and_udp_are_forwarded(obj: Path) -> None:
-    frag = bytes(ETH / IP(src="192.0.2.1", dst="198.51.100.7", flags="MF") / TCP(
-        flags="S", options=[("Timestamp", (MAGIC, 0))]))
+    frag = bytes(
+        ETH
+        / IP(src="192.0.2.1", dst="198.51.100.7", flags="MF")
+        / TCP(flags="S", options=[("Timestamp", (MAGIC, 0))])
+    )
     udp = bytes(ETH / IP(src="192.0.2.1", dst="198.51.100.7") / UDP(sport=1, dport=2) / b"x")
     res, cnt = run(obj, [frag, udp])
     assert [r.data_out for r in res] == [forwarded(frag), forwarded(udp)]
@@ -404,10 +421,17 @@ def test_arp_goes_to_the_kernel(obj: Path) -> None:
 
 def test_ipv4_options_are_skipped(obj: Path) -> None:
     # the TOA option of this project (type 31, 16 bytes) on a ping SYN
-    toa = bytes([31, 16, 0, 0]) + (1234).to_bytes(2, "big") + (80).to_bytes(2, "big") + bytes(
-        [198, 51, 100, 1, 203, 0, 113, 10])
-    frame = bytes(ETH / IP(src="192.0.2.1", dst="198.51.100.7", options=IPOption(toa)) / TCP(
-        flags="S", options=[("Timestamp", (MAGIC, 0))]))
+    toa = (
+        bytes([31, 16, 0, 0])
+        + (1234).to_bytes(2, "big")
+        + (80).to_bytes(2, "big")
+        + bytes([198, 51, 100, 1, 203, 0, 113, 10])
+    )
+    frame = bytes(
+        ETH
+        / IP(src="192.0.2.1", dst="198.51.100.7", options=IPOption(toa))
+        / TCP(flags="S", options=[("Timestamp", (MAGIC, 0))])
+    )
     assert frame[14] == 0x49  # ihl 9
     (r,), cnt = run(obj, [frame])
     assert r.data_out == pinged(frame)
@@ -416,8 +440,12 @@ def test_ipv4_options_are_skipped(obj: Path) -> None:
 
 
 def test_vlan_tagged_ping(obj: Path) -> None:
-    frame = bytes(ETH / Dot1Q(vlan=5) / IP(src="192.0.2.1", dst="198.51.100.7") / TCP(
-        flags="S", options=[("Timestamp", (MAGIC, 0))]))
+    frame = bytes(
+        ETH
+        / Dot1Q(vlan=5)
+        / IP(src="192.0.2.1", dst="198.51.100.7")
+        / TCP(flags="S", options=[("Timestamp", (MAGIC, 0))])
+    )
     (r,), cnt = run(obj, [frame])
     assert r.data_out == pinged(frame)
     only(cnt, ping_fwd=1, fwd_redirect=1)
@@ -462,8 +490,11 @@ def test_a_second_gateway_passes_what_the_first_forwarded(obj: Path) -> None:
 def test_counter_names_match_the_header() -> None:
     hdr = (Path(bpf.BPF_DIR) / "include" / "gwping.h").read_text()
     enum = hdr[hdr.index("enum gw_counter {") : hdr.index("GW_CNT_MAX")]
-    names = [w.split("GW_CNT_")[1].split()[0].rstrip(",").split("=")[0].strip().lower()
-             for w in enum.splitlines() if "GW_CNT_" in w]
+    names = [
+        w.split("GW_CNT_")[1].split()[0].rstrip(",").split("=")[0].strip().lower()
+        for w in enum.splitlines()
+        if "GW_CNT_" in w
+    ]
     assert tuple(names) == COUNTERS
     assert set(CLASS_COUNTERS) | set(FWD_COUNTERS) == set(COUNTERS)
 
@@ -516,17 +547,17 @@ def test_checksum_edges(obj: Path) -> None:
         assert_csum_canonical(r.data_out)
         assert cout == seed_csum_fix(cin)
     # the e.a.c. cases really happened: 0xfeff -> 0x0000, 0xff00 -> 0x0001
-    outs = {int.from_bytes(f[c : c + 2], "big"): int.from_bytes(r.data_out[c : c + 2], "big")
-            for f, r in zip(frames, res, strict=True)}
+    outs = {
+        int.from_bytes(f[c : c + 2], "big"): int.from_bytes(r.data_out[c : c + 2], "big")
+        for f, r in zip(frames, res, strict=True)
+    }
     assert outs[0xFEFF] == 0x0000
     assert outs[0xFF00] == 0x0001
     assert outs[0xFFFE] == 0x00FF
     only(cnt, ping_fwd=len(frames), fwd_redirect=len(frames))
 
 
-_OPT = st.sampled_from(
-    [("NOP", None), ("MSS", 1460), ("WScale", 7), ("SAckOK", b""), (253, b"\x01\x02")]
-)
+_OPT = st.sampled_from([("NOP", None), ("MSS", 1460), ("WScale", 7), ("SAckOK", b""), (253, b"\x01\x02")])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -542,8 +573,14 @@ def test_random_syns_agree_with_the_model(
 ) -> None:
     rnd = random.Random(seed)
     options = [*before, ("Timestamp", (tsval, rnd.getrandbits(32))), *after]
-    tcp = TCP(sport=rnd.randrange(1, 65536), dport=rnd.randrange(1, 65536),
-              seq=rnd.getrandbits(32), window=rnd.getrandbits(16), flags="S", options=options)
+    tcp = TCP(
+        sport=rnd.randrange(1, 65536),
+        dport=rnd.randrange(1, 65536),
+        seq=rnd.getrandbits(32),
+        window=rnd.getrandbits(16),
+        flags="S",
+        options=options,
+    )
     if version == 4:
         ip = IP(src=f"10.{rnd.randrange(256)}.0.1", dst=f"10.0.{rnd.randrange(256)}.2")
     else:
@@ -569,3 +606,26 @@ def test_program_passes_the_verifier_with_headroom(obj: Path) -> None:
     assert info.xlated_insns > 100
     # 1M is the verifier's budget; stay far below it for older kernels (6.1)
     assert info.verified_insns < 100_000, info
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_gateway_is_a_hop(obj: Path, family: int) -> None:
+    """TTL / hop limit one less on everything forwarded (ping or not); a packet it
+    would bring to 0 is dropped and counted, so that a loop through gateways ends."""
+
+    def frame(ttl: int, tsval: int | None) -> bytes:
+        opts = [("Timestamp", (tsval, 0))] if tsval is not None else []
+        ip = (
+            IP(src="192.0.2.1", dst="198.51.100.7", ttl=ttl)
+            if family == 4
+            else IPv6(src="2001:db8::1", dst="2001:db8:1::7", hlim=ttl)
+        )
+        return bytes(ETH / ip / TCP(sport=40000, dport=80, flags="S", options=opts))
+
+    frames = [frame(2, MAGIC), frame(2, None), frame(1, MAGIC), frame(1, None), frame(0, None)]
+    res, cnt = run(obj, frames)
+    assert [r.action for r in res] == ["XDP_REDIRECT"] * 2 + ["XDP_DROP"] * 3
+    assert res[0].data_out == pinged(frames[0]) and res[1].data_out == forwarded(frames[1])
+    ip = Ether(res[1].data_out).payload
+    assert (ip.ttl if family == 4 else ip.hlim) == 1
+    assert cnt["fwd_ttl"] == 3 and cnt["fwd_redirect"] == 2

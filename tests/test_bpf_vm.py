@@ -1,4 +1,4 @@
-"""The XDP programs on each VM kernel of the axis (6.1 and 6.12 by default):
+"""The XDP programs on each VM kernel of the axis (6.1: make test; 6.12: make test-extended):
 verifier-clean there too, and the same packets in give the same packets out
 as on the host kernel.
 
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
-from test_lb_bpf import FAMILIES, LPORT, RPORT, Scenario, l4seg
+from test_lb_bpf import FAMILIES, LPORT, RPORT, Scenario, ingress_of, l4seg
+from test_lb_icmp_bpf import PORT_UNREACH, TOO_BIG, client_error, flow, l3_of, rs_error
 
 from lab import bpf, gwping, gwprobe, lb
 from lab.vm import kernels
@@ -77,7 +78,26 @@ def test_lb_same_output_on_both_kernels(guest: bpf.Runner, cfam: int, rfam: int)
         sc.client(l4seg("udp", "", b"datagram")),
     ]
     obj = bpf.obj_path(lb.BPF_OBJ)
-    host = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates())
-    vm = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates(), runner=guest)
+    ports = ingress_of(frames)
+    host = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates(), ingress=ports)
+    vm = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates(), ingress=ports, runner=guest)
+    _same(host, vm)
+    assert [r.action for r in host] == ["XDP_REDIRECT"] * 4
+
+
+@pytest.mark.parametrize(("cfam", "rfam"), FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+def test_lb_icmp_same_output_on_both_kernels(guest: bpf.Runner, cfam: int, rfam: int) -> None:
+    """ICMP errors about a flow, both ways, are translated alike on both kernels."""
+    sc = Scenario(cfam, rfam)
+    obj = bpf.obj_path(lb.BPF_OBJ)
+    first, reply = flow(sc, "udp")
+    sent = bpf.run_xdp_many(obj, lb.BPF_PROG, [first, reply], map_updates=sc.updates(), ingress=[1, 2])
+    t, c = PORT_UNREACH.of(rfam)
+    t2, c2 = TOO_BIG.of(cfam)
+    frames = [first, reply, rs_error(sc, l3_of(sent[0].data_out), t, c),
+              client_error(sc, l3_of(sent[1].data_out), t2, c2, TOO_BIG.rest(cfam, 1400))]  # fmt: skip
+    ports = ingress_of(frames)
+    host = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates(), ingress=ports)
+    vm = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=sc.updates(), ingress=ports, runner=guest)
     _same(host, vm)
     assert [r.action for r in host] == ["XDP_REDIRECT"] * 4

@@ -158,7 +158,7 @@ def test_probe_crosses_gateway_and_the_colocated_kernel_answers(
     assert "3 probes transmitted, 3 received, 0% packet loss" in p.stdout
     assert "rtt min/avg/max/mdev" in p.stdout
 
-    # on colo's wire: dd ad be ef, a checksum that verifies, TTL untouched
+    # on colo's wire: dd ad be ef, a checksum that verifies, one hop (gwa) off the TTL
     syns = _frames(pcap, SERVICE_PORT)
     assert len(syns) == 3
     ipl = IPv6 if ":" in target else IP
@@ -169,7 +169,7 @@ def test_probe_crosses_gateway_and_the_colocated_kernel_answers(
         recomputed = ipl(bytes(s[ipl]))  # re-parse, then rebuild the checksum
         del recomputed[TCP].chksum
         assert ipl(bytes(recomputed))[TCP].chksum == stored, raw.hex()
-        assert (s[IP].ttl if ipl is IP else s[IPv6].hlim) == 64
+        assert (s[IP].ttl if ipl is IP else s[IPv6].hlim) == 63
         assert s.src == _mac(colo, "gwa", "eth1")
         assert s.dst == _mac(colo, "colo", "eth0")
     assert colo.nstat("colo", "TcpInCsumErrors") == csum_err
@@ -199,7 +199,7 @@ def test_ordinary_syn_at_the_colocated_node_is_forwarded_by_its_data_plane(
     for s in syns:
         assert s[IP].dst == COLO4  # addressed to colo, delivered to the sink
         assert _tsval(s[TCP]) == other  # untouched by the ping logic
-        assert s[IP].ttl == 64
+        assert s[IP].ttl == 62  # two gateways: gwa and colo
         assert s.src == _mac(colo, "colo", "eth1")
         assert s.dst == _mac(colo, "sink", "eth0")
     after = colo.counters("colo", "eth0")

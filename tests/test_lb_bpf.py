@@ -12,6 +12,7 @@ A one-port local range makes the allocated local port predictable.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, IPOption
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, PadN
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
@@ -29,7 +30,9 @@ from lab.checksum import ones_sum, pseudo_header
 
 pytestmark = pytest.mark.bpf
 
-RS_IFINDEX = 7
+RS_IFINDEX = 7  # where the LB redirects RS-bound frames (the test run resolves no egress)
+CLIENT_PORT, RS_PORT = 1, 2  # ingress ports: lo and a device of xdp_test_run --ports
+PORTS = {CLIENT_PORT: lb.PORT_CLIENT, RS_PORT: lb.PORT_RS}
 CLIENT_MAC, LB0_MAC = "02:00:00:00:0c:01", "02:00:00:00:1b:00"
 LB1_MAC, RS_MAC = "02:00:00:00:1b:01", "02:00:00:00:05:11"
 ADDR = {
@@ -89,7 +92,7 @@ class Scenario:
             )
             svcs.append((svc, [rs], [self.lip]))
         cfg = lb.Cfg(lport_min=LPORT, lport_max=self.lport_max)
-        return lb.tables(svcs, cfg, {RS_IFINDEX: lb.PORT_RS})
+        return lb.tables(svcs, cfg, PORTS)
 
     def option(self, cport: int = CPORT) -> wire.AddrOption:
         return wire.AddrOption(self.cip, cport, self.vip, VPORT)
@@ -101,13 +104,24 @@ class Scenario:
         ip = l3 if l3 is not None else self.l3(self.cfam, self.cip, self.vip)
         return bytes(Ether(src=CLIENT_MAC, dst=LB0_MAC) / ip / l4)
 
-    def rs(self, l4: object, lport: int = LPORT) -> bytes:
-        return bytes(Ether(src=RS_MAC, dst=LB1_MAC) / self.l3(self.rfam, self.rip, self.lip) / l4)
+    def rs(self, l4: object, lport: int = LPORT, l3: object = None) -> FromRs:
+        ip = l3 if l3 is not None else self.l3(self.rfam, self.rip, self.lip)
+        return FromRs(bytes(Ether(src=RS_MAC, dst=LB1_MAC) / ip / l4))
+
+
+class FromRs(bytes):
+    """A frame that comes in on the LB's RS-side port (RS_PORT); plain bytes come
+    in on the client side (CLIENT_PORT)."""
+
+
+def ingress_of(frames: list[bytes]) -> list[int]:
+    return [RS_PORT if isinstance(f, FromRs) else CLIENT_PORT for f in frames]
 
 
 def run(obj: Path, sc: Scenario, frames: list[bytes]) -> tuple[list[bpf.XdpResult], dict[str, int]]:
     res = bpf.run_xdp_many(
-        obj, lb.BPF_PROG, frames, map_updates=sc.updates(), dump_maps=[lb.M_COUNTERS, lb.M_FWD]
+        obj, lb.BPF_PROG, frames, map_updates=sc.updates(), dump_maps=[lb.M_COUNTERS, lb.M_FWD],
+        ingress=ingress_of(frames),
     )
     return res, lb.counters(res[0].maps[lb.M_COUNTERS])
 
@@ -281,7 +295,7 @@ def test_flows_spread_over_real_servers(obj: Path) -> None:
     macs = {"192.0.2.11": "02:00:00:00:05:11", "192.0.2.12": "02:00:00:00:05:12"}
     rss = [lb.Rs(ip, RPORT, RS_IFINDEX, LB1_MAC, mac) for ip, mac in macs.items()]
     svc = lb.Svc(sc.vip, VPORT, 17, id=0, n_rs=2, n_local=1, rs_family=4)
-    updates = lb.tables([(svc, rss, [sc.lip])], lb.Cfg(lport_min=LPORT, lport_max=LPORT + 1000))
+    updates = lb.tables([(svc, rss, [sc.lip])], lb.Cfg(lport_min=LPORT, lport_max=LPORT + 1000), PORTS)
     frames = [sc.client(l4seg("udp", sport=p)) for p in range(2000, 2016)]
     res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=updates)
     seen = set()
@@ -359,19 +373,23 @@ def test_client_option31_to_non_service_dropped(obj: Path) -> None:
             / scapy_toa.ipv6_dstopt(wire.AddrOption(ADDR[6]["cip"], 1, ADDR[6]["vip"], 2), 17),
         ),
     ]
+    # the modules accept the option in any Destination Options header: the second one too
+    pad = IPv6ExtHdrDestOpt(nh=60, options=[PadN(optdata=b"\0" * 4)])
+    second = scapy_toa.ipv6_dstopt(wire.AddrOption(ADDR[6]["cip"], 1, ADDR[6]["vip"], 2), 17)
+    l3 = IPv6(src=ADDR[6]["cip"], dst="2001:db8:c::1") / pad / second
+    frames.append(sc.client(l4seg("udp", dport=53), l3=l3))
     res, c = run(obj, sc, frames)
-    assert [r.action for r in res] == ["XDP_DROP", "XDP_DROP"]
-    assert c["opt31_drop"] == 2
+    assert [r.action for r in res] == ["XDP_DROP"] * 3
+    assert c["opt31_drop"] == 3
 
 
 def test_option31_from_rs_port_passes(obj: Path) -> None:
     """On a port configured as RS side, option-carrying traffic for the lb
     itself is the kernel's business (the lab's RS never sends any)."""
     sc = Scenario(4, 4)
-    f = sc.client(l4seg("tcp", dport=22), l3=IP(src=sc.rip, dst=sc.lip, options=[_ipopt31(sc.option())]))
-    as_rs = bpf.MapUpdate(lb.M_PORTS, lb.u32(1), lb.u32(lb.PORT_RS))  # the test run's port: lo, 1
-    r = bpf.run_xdp(obj, lb.BPF_PROG, f, map_updates=[*sc.updates(), as_rs])
-    assert r.action == "XDP_PASS"
+    f = sc.rs(l4seg("tcp", dport=22), l3=IP(src=sc.rip, dst=sc.lip, options=[_ipopt31(sc.option())]))
+    (r,), c = run(obj, sc, [f])
+    assert r.action == "XDP_PASS" and c["pass"] == 1
 
 
 # -- MSS -----------------------------------------------------------------------------------
@@ -514,7 +532,7 @@ def test_vxlan_encapsulation(obj: Path, cfam: int, rfam: int) -> None:
     inner_mac = "02:00:00:00:0a:11"
     rs = lb.Rs(sc.rip, RPORT, RS_IFINDEX, LB1_MAC, RS_MAC, "192.0.2.1", "192.0.2.11", LB1_MAC, inner_mac, 42)
     svc = lb.Svc(sc.vip, VPORT, 17, id=0, n_rs=1, n_local=1, rs_family=rfam, flags=lb.SVC_VXLAN)
-    updates = lb.tables([(svc, [rs], [sc.lip])], lb.Cfg(lport_min=LPORT, lport_max=LPORT))
+    updates = lb.tables([(svc, [rs], [sc.lip])], lb.Cfg(lport_min=LPORT, lport_max=LPORT), PORTS)
     res = bpf.run_xdp_many(
         obj,
         lb.BPF_PROG,
@@ -544,22 +562,22 @@ UNDERLAY = {4: ("192.0.2.1", "192.0.2.11"), 6: ("2001:db8:5::1", "2001:db8:5::11
 VNI, RS_VX_MAC = 42, "02:00:00:00:0a:11"
 
 
-def _vx_updates(sc: Scenario, under: int, role: int = lb.PORT_RS) -> list[bpf.MapUpdate]:
-    """A VXLAN service; the test run's port (lo, ifindex 1) plays the RS side (`role`)."""
+def _vx_updates(sc: Scenario, under: int) -> list[bpf.MapUpdate]:
+    """A VXLAN service."""
     lbv, rsv = UNDERLAY[under]
     rs = lb.Rs(sc.rip, RPORT, RS_IFINDEX, LB1_MAC, RS_MAC, lbv, rsv, LB1_MAC, RS_VX_MAC, VNI)
     svcs = [(lb.Svc(sc.vip, VPORT, p, id=0, n_rs=1, n_local=1, rs_family=sc.rfam, flags=lb.SVC_VXLAN),
              [rs], [sc.lip]) for p in PROTOS.values()]  # fmt: skip
-    return lb.tables(svcs, lb.Cfg(lport_min=LPORT, lport_max=LPORT), {1: role})
+    return lb.tables(svcs, lb.Cfg(lport_min=LPORT, lport_max=LPORT), PORTS)
 
 
-def _vx_reply(sc: Scenario, under: int, l4: object, vni: int = VNI, to: str | None = None) -> bytes:
+def _vx_reply(sc: Scenario, under: int, l4: object, vni: int = VNI, to: str | None = None) -> FromRs:
     """What the RS's vxlan device sends back: its reply inside VXLAN to the LB's VTEP."""
     lbv, rsv = UNDERLAY[under]
     outer = IP(src=rsv, dst=to or lbv) if under == 4 else IPv6(src=rsv, dst=to or lbv)
     inner = Ether(src=RS_VX_MAC, dst=LB1_MAC) / sc.l3(sc.rfam, sc.rip, sc.lip) / l4
     vx = UDP(sport=51000, dport=4789) / VXLAN(vni=vni)
-    return bytes(Ether(src=RS_MAC, dst=LB1_MAC) / outer / vx / inner)
+    return FromRs(bytes(Ether(src=RS_MAC, dst=LB1_MAC) / outer / vx / inner))
 
 
 VX_CASES = [(c, r, u) for c, r in FAMILIES for u in (4, 6) if u == r or (c, r) == (4, 4)]
@@ -581,7 +599,8 @@ def test_vxlan_both_ways(obj: Path, cfam: int, rfam: int, under: int) -> None:
         _vx_reply(sc, under, UDP(sport=RPORT, dport=LPORT + 0) / Raw(b"r")),
     ]
     res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=_vx_updates(sc, under),
-                           dump_maps=[lb.M_COUNTERS], self_map=lb.M_SELF)  # fmt: skip
+                           dump_maps=[lb.M_COUNTERS], self_map=lb.M_SELF,
+                           ingress=ingress_of(frames))  # fmt: skip
     for i in (0, 2):
         outer = dissect(res[i].data_out, udp_zero_ok=True)
         assert (outer.family, outer.src, outer.dst, outer.proto) == (under, lbv, rsv, 17), i
@@ -609,18 +628,20 @@ def test_vxlan_not_for_us_is_left_alone(obj: Path) -> None:
         _vx_reply(sc, 4, reply, vni=43),
     ]
     res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=_vx_updates(sc, 4),
-                           dump_maps=[lb.M_COUNTERS], self_map=lb.M_SELF)  # fmt: skip
+                           dump_maps=[lb.M_COUNTERS], self_map=lb.M_SELF,
+                           ingress=ingress_of(frames))  # fmt: skip
     assert [r.action for r in res[1:]] == ["XDP_PASS", "XDP_PASS"]
     assert [r.data_out for r in res[1:]] == frames[1:]
     assert lb.counters(res[0].maps[lb.M_COUNTERS])["decap"] == 0
     # on a client-side port: not unwrapped
-    res = bpf.run_xdp_many(obj, lb.BPF_PROG, [frames[0], _vx_reply(sc, 4, reply)],
-                           map_updates=_vx_updates(sc, 4, lb.PORT_CLIENT), dump_maps=[lb.M_COUNTERS],
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, [frames[0], bytes(_vx_reply(sc, 4, reply))],
+                           map_updates=_vx_updates(sc, 4), dump_maps=[lb.M_COUNTERS],
                            self_map=lb.M_SELF)  # fmt: skip
     assert res[1].action == "XDP_PASS" and lb.counters(res[0].maps[lb.M_COUNTERS])["decap"] == 0
     # lb_self empty: unwrapped, then dropped
     res = bpf.run_xdp_many(obj, lb.BPF_PROG, [frames[0], _vx_reply(sc, 4, reply)],
-                           map_updates=_vx_updates(sc, 4), dump_maps=[lb.M_COUNTERS])  # fmt: skip
+                           map_updates=_vx_updates(sc, 4), dump_maps=[lb.M_COUNTERS],
+                           ingress=[CLIENT_PORT, RS_PORT])  # fmt: skip
     c = lb.counters(res[0].maps[lb.M_COUNTERS])
     assert res[1].action == "XDP_DROP" and (c["decap"], c["decap_fail"]) == (1, 1)
 
@@ -634,7 +655,7 @@ def test_ttl_that_would_reach_zero_is_dropped(obj: Path, cfam: int, rfam: int) -
     frames = [
         sc.client(l4seg("tcp", "S"), l3=l3),
         sc.client(l4seg("tcp", "S")),
-        bytes(Ether(src=RS_MAC, dst=LB1_MAC) / rs_l3 / TCP(sport=RPORT, dport=LPORT, flags="SA", ack=1001)),
+        sc.rs(TCP(sport=RPORT, dport=LPORT, flags="SA", ack=1001), l3=rs_l3),
         sc.rs(TCP(sport=RPORT, dport=LPORT, flags="SA", seq=5000, ack=1001)),
     ]
     res, c = run(obj, sc, frames)
@@ -650,9 +671,198 @@ def test_the_local_port_depends_on_the_secret_hash_key(obj: Path) -> None:
     def lport(key: int) -> int:
         rs = lb.Rs(sc.rip, RPORT, RS_IFINDEX, LB1_MAC, RS_MAC)
         svc = lb.Svc(sc.vip, VPORT, 6, id=0, n_rs=1, n_local=1, rs_family=4)
-        ups = lb.tables([(svc, [rs], [sc.lip])], lb.Cfg(lport_min=1024, lport_max=65535, hash_key=key))
+        ups = lb.tables([(svc, [rs], [sc.lip])], lb.Cfg(lport_min=1024, lport_max=65535, hash_key=key), PORTS)
         r = bpf.run_xdp(obj, lb.BPF_PROG, sc.client(l4seg("tcp", "S")), map_updates=ups)
         return ports(dissect(r.data_out))[0]
 
     assert lport(0x1234) == lport(0x1234)
     assert len({lport(k) for k in (0x1234, 0x5678, 0x9ABC)}) == 3
+
+
+# -- scheduling: which real server a new flow gets (lab/sched.py builds the rings) ---------------
+
+RS_ADDRS = [f"192.0.2.{11 + i}" for i in range(8)]
+
+
+def _sched_updates(
+    weights: list[int], scheduler: str = "maglev", persist_s: int = 0, down: tuple[int, ...] = (),
+    extra: list[bpf.MapUpdate] | None = None,
+) -> list[bpf.MapUpdate]:  # fmt: skip
+    """A TCP and a UDP service to len(weights) real servers (rs1, rs2, ...), a fixed
+    hash key so that two loads hash alike, flow state that never idles out."""
+    sc = Scenario(4, 4)
+    rss = [lb.Rs(RS_ADDRS[i], RPORT, RS_IFINDEX, LB1_MAC, RS_MAC, weight=w, down=i in down, name=f"rs{i + 1}")
+           for i, w in enumerate(weights)]  # fmt: skip
+    svcs = [(lb.Svc(sc.vip, VPORT, p, id=0, n_rs=len(rss), n_local=1, rs_family=4, scheduler=scheduler,
+                    persist_s=persist_s), rss, [sc.lip]) for p in PROTOS.values()]  # fmt: skip
+    cfg = lb.Cfg(tcp_idle_s=1e9, udp_idle_s=1e9, lport_min=1024, lport_max=65535, hash_key=0x5EED)
+    return lb.tables(svcs, cfg, PORTS) + list(extra or [])
+
+
+def _flows(n: int, clients: int = 250, proto: str = "udp", flags: str = "S") -> list[bytes]:
+    """n new flows from `clients` client addresses (distinct ports)."""
+    sc = Scenario(4, 4)
+    return [sc.client(l4seg(proto, flags, sport=10000 + i),
+                      l3=IP(src=f"198.51.{100 + (i % clients) // 250}.{1 + (i % clients) % 250}", dst=sc.vip))
+            for i in range(n)]  # fmt: skip
+
+
+def _servers_of(res: list[bpf.XdpResult]) -> list[int]:
+    out = []
+    for r in res:
+        assert r.action == "XDP_REDIRECT", r.action
+        out.append(RS_ADDRS.index(dissect(r.data_out).dst))
+    return out
+
+
+def _run_sched(
+    obj: Path, updates: list[bpf.MapUpdate], frames: list[bytes]
+) -> tuple[list[int], dict[str, int]]:
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=updates, dump_maps=[lb.M_COUNTERS])
+    return _servers_of(res), lb.counters(res[0].maps[lb.M_COUNTERS])
+
+
+@pytest.mark.parametrize(("scheduler", "tol"), [("maglev", 0.04), ("wrr", 0.01)])
+def test_distribution_follows_the_weights(obj: Path, scheduler: str, tol: float) -> None:
+    """2,000 new flows from 250 clients over weights 1:2:3:2: each server's share is
+    its weight's, within 4 points for Maglev (hashing), 1 point for wrr (a counter)."""
+    weights = [1, 2, 3, 2]
+    got, c = _run_sched(obj, _sched_updates(weights, scheduler), _flows(2000))
+    assert c["new_flow"] == 2000
+    for i, w in enumerate(weights):
+        share = got.count(i) / len(got)
+        assert share == pytest.approx(w / sum(weights), abs=tol), (scheduler, i, share)
+
+
+def test_round_robin_takes_turns(obj: Path) -> None:
+    got, _ = _run_sched(obj, _sched_updates([1, 7, 1], "rr"), _flows(300))
+    assert [got.count(i) for i in range(3)] == [100, 100, 100] or max(got.count(i) for i in range(3)) <= 102
+
+
+def test_source_hashing_keeps_each_client_on_one_server(obj: Path) -> None:
+    got, _ = _run_sched(obj, _sched_updates([1, 1, 1, 1], "sh"), _flows(400, clients=40))
+    by_client: dict[int, set[int]] = {}
+    for i, rs in enumerate(got):
+        by_client.setdefault(i % 40, set()).add(rs)
+    assert all(len(s) == 1 for s in by_client.values())
+    assert len({next(iter(s)) for s in by_client.values()}) == 4
+
+
+@pytest.mark.parametrize("persist_s", [0, 300])
+def test_persistence_sends_a_clients_flows_to_one_server(obj: Path, persist_s: int) -> None:
+    """One client, 40 connections (TCP SYNs) and 40 UDP flows: with persistence
+    all 80 go where the first went, TCP and UDP alike (iperf3's control and data
+    connections); without it they spread."""
+    frames = _flows(40, clients=1, proto="tcp") + _flows(40, clients=1, proto="udp")
+    got, c = _run_sched(obj, _sched_updates([1, 1, 1], persist_s=persist_s), frames)
+    if persist_s:
+        assert set(got) == {got[0]} and c["persist"] == 79
+    else:
+        assert len(set(got)) == 3 and c["persist"] == 0
+
+
+def test_down_server_drains_and_gets_no_new_flows(obj: Path) -> None:
+    """rs1 is down: its established flow keeps going to it, 100 new flows go to the
+    others, a persistent client of rs1 is moved, and a new SYN on rs1's flow's
+    tuple is scheduled again."""
+    sc = Scenario(4, 4)
+    est = [*lb.flow_entries(sc.cip, sc.vip, CPORT, VPORT, 6, sc.lip, RS_ADDRS[0], LPORT, RPORT, 0,
+                            established=True),
+           bpf.MapUpdate(lb.M_PERSIST, lb.persist_key("198.51.100.1", 0),
+                         lb.persist_value(0, 0))]  # fmt: skip
+    ups = _sched_updates([1, 1, 1], persist_s=10**6, down=(0,), extra=est)
+    frames = [sc.client(l4seg("tcp", "A", b"data")), *_flows(100), sc.client(l4seg("tcp", "S"))]
+    got, c = _run_sched(obj, ups, frames)
+    assert got[0] == 0, "the established flow stays on its (down) server"
+    assert 0 not in got[1:], "a down server got a new flow"
+    assert {1, 2} <= set(got[1:-1])
+    assert c["resched"] == 1 and c["new_flow"] == 101
+
+
+def test_weight_zero_keeps_persistent_clients_only(obj: Path) -> None:
+    """LVS's quiescing: weight 0 takes no new client, but its persistent ones stay."""
+    keep = [bpf.MapUpdate(lb.M_PERSIST, lb.persist_key("198.51.100.1", 0), lb.persist_value(0, 0))]
+    got, c = _run_sched(obj, _sched_updates([0, 1], persist_s=10**6, extra=keep), _flows(60, clients=30))
+    assert all(rs == 0 for i, rs in enumerate(got) if i % 30 == 0)
+    assert all(rs == 1 for i, rs in enumerate(got) if i % 30)
+    assert c["persist"] == 60 - 30 + 1
+
+
+def test_consistent_hashing_moves_about_one_nth(obj: Path) -> None:
+    """Maglev, 5 servers, 2,000 flows; rs3 leaves: the flows it had move (about 1/5),
+    the others' stay put but for a few."""
+    frames = _flows(2000)
+    before, _ = _run_sched(obj, _sched_updates([1] * 5), frames)
+    after, _ = _run_sched(obj, _sched_updates([1] * 5, down=(2,)), frames)
+    moved = [b != a for b, a in zip(before, after, strict=True)]
+    assert 2 not in after
+    assert sum(moved) / len(frames) == pytest.approx(1 / 5, abs=0.05)
+    stayers = [m for m, b in zip(moved, before, strict=True) if b != 2]
+    assert sum(stayers) / len(stayers) < 0.03
+
+
+# -- UDP's MTU guard ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfam,rfam", FAMILIES, ids=[f"{c}to{r}" for c, r in FAMILIES])
+def test_udp_datagram_the_option_would_push_past_the_mtu_goes_bare(obj: Path, cfam: int, rfam: int) -> None:
+    """RS side MTU 1500: a datagram that fits with the option gets it; one that fits
+    only without goes without (counted), so that it arrives at all; the frames
+    that leave are never above the MTU."""
+    sc = Scenario(cfam, rfam, opt_pkts=3, lport_max=LPORT + 10)
+    opt = lb.OPT_LEN[cfam]
+    room = 1500 - lb.IP_HDR[rfam] - 8  # UDP payload that fills the RS side's MTU without the option
+    ups = [u for u in sc.updates() if u.map != lb.M_SERVICES]
+    for u in sc.updates():
+        if u.map == lb.M_SERVICES:
+            svc, n = lb.Svc.parse(u.key, u.value)
+            ups.append(bpf.MapUpdate(u.map, u.key, dataclasses.replace(svc, mtu_rs=1500).pack(n)))
+    frames = [sc.client(l4seg("udp", payload=b"x" * (room - opt))),  # fits with the option
+              sc.client(l4seg("udp", payload=b"y" * (room - opt + 1))),  # one byte too many for it
+              sc.client(l4seg("udp", payload=b"z" * 10))]  # the third: the option again  # fmt: skip
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=ups, dump_maps=[lb.M_COUNTERS])
+    c = lb.counters(res[0].maps[lb.M_COUNTERS])
+    outs = [dissect(r.data_out) for r in res]
+    assert [scapy_toa.extract(Ether(r.data_out)) is not None for r in res] == [True, False, True]
+    assert all(len(r.data_out) - 14 <= 1500 for r in res)
+    assert len(res[0].data_out) - 14 == 1500 and outs[1].l4.endswith(b"y" * 100)
+    assert c["udp_opt_mtu"] == 1 and c["fwd"] == 3 and c["fwd_opt"] == 2
+
+
+# -- the two halves of a flow name each other ------------------------------------------------------
+
+
+def _forever(sc: Scenario, extra: list[bpf.MapUpdate]) -> list[bpf.MapUpdate]:
+    cfg = lb.Cfg(tcp_idle_s=1e9, udp_idle_s=1e9, lport_min=LPORT, lport_max=sc.lport_max)
+    return [*sc.updates(), bpf.MapUpdate(lb.M_CFG, lb.u32(0), cfg.pack()), *extra]
+
+
+def test_a_forward_entry_whose_reverse_half_is_another_flows_is_not_used(obj: Path) -> None:
+    """LRU pressure evicted client A's reverse half and client B took its local port:
+    A's next packet must not go out on B's port (the RS would mix the two); it
+    starts a new flow on a free port."""
+    sc = Scenario(4, 4, lport_max=LPORT + 100)
+    fwd_a, _ = lb.flow_entries(sc.cip, sc.vip, CPORT, VPORT, 17, sc.lip, sc.rip, LPORT, RPORT, 0)
+    _, rev_b = lb.flow_entries("198.51.100.99", sc.vip, 44444, VPORT, 17, sc.lip, sc.rip, LPORT, RPORT, 0)
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, [sc.client(l4seg("udp", payload=b"a"))],
+                           map_updates=_forever(sc, [fwd_a, rev_b]), dump_maps=[lb.M_COUNTERS])  # fmt: skip
+    c = lb.counters(res[0].maps[lb.M_COUNTERS])
+    lport, _ = ports(dissect(res[0].data_out))
+    assert lport != LPORT and LPORT < lport <= LPORT + 100
+    assert c["pair_broken"] == 1 and c["new_flow"] == 1
+
+
+def test_a_reply_on_an_old_port_does_not_end_the_new_flows_insertion(obj: Path) -> None:
+    """Client A's flow moved to a new local port while the old reverse entry lives
+    on: the RS's segment on the old port must not mark the new flow established,
+    or A's third packet there would go without the option."""
+    sc = Scenario(4, 4, lport_max=LPORT + 100)
+    new = lb.flow_entries(sc.cip, sc.vip, CPORT, VPORT, 6, sc.lip, sc.rip, LPORT + 7, RPORT, 0)
+    _, old_rev = lb.flow_entries(sc.cip, sc.vip, CPORT, VPORT, 6, sc.lip, sc.rip, LPORT, RPORT, 0)
+    frames = [sc.rs(TCP(sport=RPORT, dport=LPORT, flags="A")), sc.client(l4seg("tcp", "A"))]
+    res = bpf.run_xdp_many(obj, lb.BPF_PROG, frames, map_updates=_forever(sc, [*new, old_rev]),
+                           ingress=ingress_of(frames))  # fmt: skip
+    assert res[0].action == "XDP_REDIRECT"
+    o = dissect(res[1].data_out)
+    assert ports(o) == (LPORT + 7, RPORT)
+    assert scapy_toa.extract(Ether(res[1].data_out)) is not None, "the option is still due"

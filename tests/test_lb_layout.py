@@ -14,7 +14,7 @@ from functools import cache
 
 import pytest
 
-from lab import bpf, lb
+from lab import bpf, lb, sched
 
 pytestmark = pytest.mark.skipif(shutil.which("bpftool") is None, reason="needs bpftool (BTF dump)")
 
@@ -57,22 +57,38 @@ def test_svc_key_and_svc() -> None:
     check("lb_svc_key", lb.svc_key(V6A, 0x1234, 17),
           {"vip": V6A.packed, "vport": b"\x12\x34", "proto": b"\x11", "family": b"\x06"})  # fmt: skip
     svc = lb.Svc(V6A, 80, 6, id=0x01020304, n_rs=5, n_local=6, rs_family=4, flags=lb.SVC_VXLAN,
-                 opt_pkts=7, mss_syn=1400, mss_synack=1300)  # fmt: skip
-    check("lb_svc", svc.pack(), {
+                 opt_pkts=7, mss_syn=1400, mss_synack=1300, scheduler="sh", persist_s=0x0A0B0C0D,
+                 mtu_rs=1280)  # fmt: skip
+    check("lb_svc", svc.pack(ring_len=0x07F7), {
         "id": le("I", 0x01020304), "n_rs": le("I", 5), "n_local": le("I", 6), "flags": le("H", lb.SVC_VXLAN),
         "opt_pkts": le("H", 7), "mss_syn": le("H", 1400), "mss_synack": le("H", 1300), "rs_family": b"\x04",
+        "sched": bytes([sched.SCHEDULERS["sh"]]), "ring_len": le("H", 0x07F7),
+        "persist_s": le("I", 0x0A0B0C0D), "mtu_rs": le("H", 1280),
     })  # fmt: skip
+    key = lb.svc_key(V6A, 80, 6)
+    assert lb.Svc.parse(key, svc.pack(ring_len=0x07F7)) == (svc, 0x07F7)
+
+
+def test_ring_and_persistence() -> None:
+    size, _ = layouts()["lb_ring"]
+    assert size == sched.RING and len(lb.ring_value([1, 2, 3])) == size
+    check("lb_persist_key", lb.persist_key(V6A, 0x01020304),
+          {"cip": V6A.packed, "svc_id": le("I", 0x01020304), "family": b"\x06"})  # fmt: skip
+    check("lb_persist", lb.persist_value(0x1122334455667788, 0x0A0B0C0D),
+          {"last_ns": le("Q", 0x1122334455667788), "rs_idx": le("I", 0x0A0B0C0D)})  # fmt: skip
 
 
 def test_rs() -> None:
     rs = lb.Rs(
-        "192.0.2.11", 0x1F90, 0x0A0B0C0D, MAC1, MAC2, "192.0.2.2", "192.0.2.11", MAC3, MAC4, 0x00ABCDEF
-    )
+        "192.0.2.11", 0x1F90, 0x0A0B0C0D, MAC1, MAC2, "192.0.2.2", "192.0.2.11", MAC3, MAC4, 0x00ABCDEF,
+        weight=0x1234, down=True,
+    )  # fmt: skip
     check("lb_rs", rs.pack(), {
         "rip": bytes([192, 0, 2, 11]) + bytes(12), "rport": b"\x1f\x90", "family": b"\x04",
         "vtep_family": b"\x04", "ifindex": le("I", 0x0A0B0C0D), "smac": MAC1, "dmac": MAC2,
         "vtep_src": bytes([192, 0, 2, 2]) + bytes(12), "vtep_dst": bytes([192, 0, 2, 11]) + bytes(12),
         "inner_smac": MAC3, "inner_dmac": MAC4, "vni": le("I", 0x00ABCDEF),
+        "weight": le("H", 0x1234), "flags": le("H", lb.RS_DOWN),
     })  # fmt: skip
 
 

@@ -53,6 +53,7 @@ enum gw_counter {
 	GW_CNT_FWD_REDIRECT,	/* forwarded out of another port */
 	GW_CNT_FWD_TX,		/* forwarded back out of the ingress port */
 	GW_CNT_FWD_NOCFG,	/* port not configured: handed to the kernel */
+	GW_CNT_FWD_TTL,		/* TTL / hop limit would reach 0 at this hop: dropped */
 	GW_CNT_MAX,
 };
 

@@ -20,10 +20,25 @@
 #define LB_MAX_LOCAL	8	/* local addresses per service */
 #define LB_FLOWS	65536	/* entries of each LRU flow map */
 #define LB_PORT_TRIES	8	/* local port candidates tried per new flow */
+#define LB_RING		2039	/* scheduling ring slots per service (a prime, for Maglev) */
 
 #define LB_SVC_VXLAN	0x0001	/* encapsulate LB->RS packets in VXLAN */
 
 #define LB_FLOW_RS_EST	0x01	/* the RS sent a non-SYN segment: insertion over */
+
+#define LB_RS_DOWN	0x0001	/* no new flows, not even persistent ones; established ones drain */
+
+/*
+ * The scheduler of a service (lb_svc.sched).  The control plane
+ * (lab/sched.py) fills each service's ring with real server slots; a new
+ * flow takes the slot at a position picked by the keyed 5-tuple hash
+ * (Maglev), the keyed client address hash (source hashing) or a per-CPU
+ * counter (round robin and weighted round robin: their rings differ).
+ */
+#define LB_SCHED_MAGLEV	0
+#define LB_SCHED_SH	1
+#define LB_SCHED_RR	2
+#define LB_SCHED_WRR	3
 
 #define VXLAN_PORT	4789
 
@@ -50,8 +65,12 @@ struct lb_svc {
 	__u16 mss_syn;		/* clamp of the MSS in SYNs (client->RS), 0: none */
 	__u16 mss_synack;	/* clamp of the MSS in SYN-ACKs (RS->client), 0: none */
 	__u8 rs_family;		/* family of the real servers and local addresses */
-	__u8 pad[3];
-};				/* 24 bytes */
+	__u8 sched;		/* LB_SCHED_* */
+	__u16 ring_len;		/* slots of lb_ring[id] in use, 0: no RS takes new flows */
+	__u32 persist_s;	/* source-IP persistence timeout, 0: off */
+	__u16 mtu_rs;		/* smallest MTU towards the real servers (UDP: room for the option) */
+	__u16 pad;
+};				/* 32 bytes */
 
 struct lb_rs {
 	union lb_addr rip;
@@ -66,7 +85,28 @@ struct lb_rs {
 	union lb_addr vtep_dst;	/* the RS's */
 	__u8 inner_smac[6];
 	__u8 inner_dmac[6];	/* the RS vxlan device */
-};				/* 84 bytes */
+	__u16 weight;		/* the control plane's (the ring has it); shown by toalab lb show */
+	__u16 flags;		/* LB_RS_* */
+};				/* 88 bytes */
+
+/* lb_ring[service id]: ring position -> real server slot (lb_rs[id * LB_MAX_RS + slot]) */
+struct lb_ring {
+	__u8 slot[LB_RING];
+};
+
+/* lb_persist key: a client of a service (its TCP and UDP share the id) */
+struct lb_persist_key {
+	union lb_addr cip;
+	__u32 svc_id;
+	__u8 family;
+	__u8 pad[3];
+};				/* 24 bytes */
+
+struct lb_persist {
+	__u64 last_ns;		/* the last packet of a flow it placed */
+	__u32 rs_idx;		/* index into lb_rs */
+	__u32 pad;
+};				/* 16 bytes */
 
 /* lb_vteps key: the LB's own VTEP address and a VNI it decapsulates. */
 struct lb_vtep_key {
@@ -148,6 +188,13 @@ enum lb_counter {
 	LB_C_DECAP,		/* RS->LB VXLAN to our VTEP, decapsulated */
 	LB_C_DECAP_FAIL,	/* ... but lb_self is empty: dropped */
 	LB_C_TTL_EXPIRED,	/* TTL / hop limit would reach 0 at this hop: dropped */
+	LB_C_PERSIST,		/* new flows placed by source-IP persistence */
+	LB_C_RESCHED,		/* TCP SYN on a flow whose RS is down: scheduled again */
+	LB_C_UDP_OPT_MTU,	/* UDP datagram due the option sent without: with it, above mtu_rs */
+	LB_C_WRONG_PORT,	/* a service's or a flow's packet on a port of the other side: dropped */
+	LB_C_ICMP,		/* ICMP errors about a flow, translated and sent on */
+	LB_C_ICMP_DROP,		/* ... with no equivalent on the other side: dropped */
+	LB_C_PAIR_BROKEN,	/* a flow's forward entry without its reverse half (LRU): a new flow */
 	LB_C_MAX,
 };
 

@@ -34,6 +34,38 @@ struct {
 	__type(value, struct lb_rs);
 } lb_rs SEC(".maps");
 
+/* each service's scheduling ring (lab/sched.py builds it) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct lb_ring);
+} lb_ring SEC(".maps");
+
+/* round robin position per service */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb_rr SEC(".maps");
+
+/* source-IP persistence: which RS a client's flows of a service go to */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_FLOWS);
+	__type(key, struct lb_persist_key);
+	__type(value, struct lb_persist);
+} lb_persist SEC(".maps");
+
+/* new flows per real server (index as lb_rs) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX_SERVICES * LB_MAX_RS);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_rs_flows SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LB_MAX_SERVICES * LB_MAX_LOCAL);
@@ -136,6 +168,13 @@ struct lb_scratch {
 	struct emit e;
 	struct lb_rev rv;
 	struct lb_fwd nf;
+	struct lb_persist_key pk;
+	struct lb_persist pv;
+	struct lb_flow_key sk;	/* the source hash's key */
+	struct lb_flow_key ik;	/* the flow an ICMP error is about */
+	struct lb_flow_key nk;	/* ... and what the quote says after translation */
+	struct pkt qt;		/* the packet it quotes */
+	struct pkt op;		/* its new outer IP header */
 };
 
 /* per-CPU scratch: struct emit is too big for the 512-byte stack next to the rest */

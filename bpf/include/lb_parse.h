@@ -128,9 +128,7 @@ static __always_inline int parse_pkt(void *data, void *data_end, struct hdr_curs
 		p->df = 1;
 		if (l3len > sizeof(*ip6h)) {
 			p->has_opts = 1;
-			if (info.dstopt && (void *)(info.dstopt + 3) <= data_end &&
-			    info.dstopt[2] == IPV6_HEADER_OPTION)
-				p->opt31 = 1;
+			p->opt31 = info.dstopt31;
 		}
 		p->l4len = iplen - l3len;
 		if (info.is_fragment)

@@ -75,6 +75,7 @@ struct ipv6_info {
 	__u8 is_fragment;	/* a Fragment header was seen */
 	__u16 frag_offset;	/* in 8-octet units; non-zero: no L4 header here */
 	__u8 *dstopt;		/* first Destination Options header, or NULL */
+	__u8 dstopt31;		/* some Destination Options header starts with option 31 */
 };
 
 /* Ethernet, then up to PARSE_VLAN_MAX 802.1Q/802.1ad tags. */
@@ -144,7 +145,8 @@ static __always_inline int ipv6_is_ext(__u8 nh)
  * cursor ends on the first header that is not an extension (info->l4proto).
  * A fragment with a non-zero offset stops the walk: its payload is not an
  * L4 header.  info->dstopt points at the first Destination Options header
- * (the TOA option lives there) or is NULL.
+ * (the TOA option lives there) or is NULL; info->dstopt31 says whether any
+ * of them starts with option 31.
  */
 static __always_inline int parse_ipv6(struct hdr_cursor *c, void *data_end,
 				      struct ipv6hdr **ip6hp, struct ipv6_info *info)
@@ -162,6 +164,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *c, void *data_end,
 	info->is_fragment = 0;
 	info->frag_offset = 0;
 	info->dstopt = NULL;
+	info->dstopt31 = 0;
 #pragma unroll
 	for (int i = 0; i < IPV6_EXT_MAX; i++) {
 		__u8 *eh = pos;
@@ -182,8 +185,13 @@ static __always_inline int parse_ipv6(struct hdr_cursor *c, void *data_end,
 				break;
 			continue;
 		}
-		if (nh == IPPROTO_DSTOPTS && !info->dstopt)
-			info->dstopt = eh;
+		if (nh == IPPROTO_DSTOPTS) {
+			if (!info->dstopt)
+				info->dstopt = eh;
+			/* what TOA/UOA accept, in any of them: option 31 first */
+			if (eh[2] == 31)
+				info->dstopt31 = 1;
+		}
 		if (nh == IPPROTO_AH)
 			len = ((__u32)eh[1] + 2) * 4;
 		else

@@ -8,9 +8,17 @@
  * PACKET (repeatable; each is one run):
  *   --hex HEX            packet bytes as hex (spaces/colons allowed)
  *   --file PATH          raw packet bytes, or a pcap file (every packet of it)
+ *   --ingress-in-pcap    for the pcap files that follow: each packet's ingress
+ *                        ifindex is its record's microseconds field (a long
+ *                        run of packets on several ports in one file)
  * options:
  *   --repeat N           run each packet N times; duration_ns is per run
- *   --ifindex N          xdp_md.ingress_ifindex (default: the kernel's, lo)
+ *   --ifindex N          xdp_md.ingress_ifindex of the packets that follow
+ *                        (before the first: the kernel's, lo)
+ *   --ports N            run in the network namespace toalab-xdp-ports, with
+ *                        lo (ifindex 1) and devices of ifindex 2..N, so
+ *                        that packets can come in on distinct ports (the
+ *                        kernel resolves ingress_ifindex to a device)
  *   --map-update MAP KEYHEX VALHEX   before running (repeatable); a per-CPU
  *                        map gets VALHEX on every CPU
  *   --dump-map MAP       after running, dump MAP (repeatable)
@@ -24,12 +32,17 @@
  * {"key": hex, "values": [hex per CPU]}]}}.  Errors go to stderr (the
  * verifier log included) with exit status 1; usage errors exit 2.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sys/wait.h>
 #include <linux/bpf.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -41,6 +54,7 @@
 struct pkt {
 	unsigned char *data;
 	size_t len;
+	int ifindex;		/* -1: the kernel's default */
 };
 
 struct map_update {
@@ -53,7 +67,9 @@ struct opts {
 	const char *obj;
 	const char *prog;
 	unsigned int repeat;
-	int ifindex;
+	int ifindex;		/* for the packets added next */
+	int ingress_in_pcap;
+	int ports;
 	int load_only;
 	struct pkt pkts[MAX_PKTS];
 	int npkts;
@@ -69,8 +85,8 @@ static int verbose;
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: xdp_test_run OBJ --prog NAME [--hex HEX|--file PATH]... [--repeat N]\n"
-		"                    [--ifindex N] [--map-update MAP KEYHEX VALHEX]...\n"
+		"usage: xdp_test_run OBJ --prog NAME [--hex HEX|[--ingress-in-pcap] --file PATH]... [--repeat N]\n"
+		"                    [--ifindex N] [--ports N] [--map-update MAP KEYHEX VALHEX]...\n"
 		"                    [--dump-map MAP]... [--self MAP] [--load-only] [-v]\n");
 	exit(2);
 }
@@ -132,6 +148,7 @@ static void add_pkt(struct opts *o, unsigned char *data, size_t len)
 		die("%s", "too many packets");
 	o->pkts[o->npkts].data = data;
 	o->pkts[o->npkts].len = len;
+	o->pkts[o->npkts].ifindex = o->ifindex;
 	o->npkts++;
 }
 
@@ -187,6 +204,8 @@ static void load_file(struct opts *o, const char *path)
 			die("%s", "out of memory");
 		memcpy(p, buf + off, incl);
 		add_pkt(o, p, incl);
+		if (o->ingress_in_pcap)
+			o->pkts[o->npkts - 1].ifindex = (int)rd32(buf + off - 12, swap);
 		off += incl;
 	}
 	free(buf);
@@ -309,6 +328,61 @@ static void map_dump(struct bpf_object *obj, const char *name, int ncpu)
 	free(val);
 }
 
+#define PORTS_NETNS	"toalab-xdp-ports"
+
+static int run_ip(char *const argv[])
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		execvp("ip", argv);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
+}
+
+/*
+ * Enter the network namespace PORTS_NETNS (`ip netns add` makes it on first
+ * use), where devices of ifindex 2..@n (bridges: every kernel we run has
+ * them, a lab's switch is one) exist besides lo.  One namespace for every
+ * run, kept: a namespace per run would leave the kernel a backlog of
+ * namespaces to clean up, which holds the locks the next lab's `up` needs.
+ * `toalab down --all` removes it with the other toalab- namespaces.
+ */
+static void private_ports(int n)
+{
+	char *add_ns[] = { "ip", "netns", "add", PORTS_NETNS, NULL };
+	int fd;
+
+	fd = open("/run/netns/" PORTS_NETNS, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		run_ip(add_ns);	/* a concurrent run may have made it: open again */
+		fd = open("/run/netns/" PORTS_NETNS, O_RDONLY | O_CLOEXEC);
+	}
+	if (fd < 0)
+		die("cannot make network namespace %s for --ports (needs root and iproute2)", PORTS_NETNS);
+	if (setns(fd, CLONE_NEWNET))
+		die("setns into %s: needs root", PORTS_NETNS);
+	close(fd);
+	for (int i = 2; i <= n; i++) {
+		char name[16], idx[12];
+		char *add_dev[] = { "ip", "link", "add", "name", name, "index", idx, "type", "bridge", NULL };
+
+		if (if_indextoname((unsigned int)i, name))
+			continue;
+		snprintf(name, sizeof(name), "port%d", i);
+		snprintf(idx, sizeof(idx), "%d", i);
+		run_ip(add_dev);	/* may lose a race to a concurrent run: */
+		if (!if_indextoname((unsigned int)i, name))
+			die("ip link add %s type bridge failed (iproute2 or bridge support missing?)", name);
+	}
+}
+
 static void parse_args(int argc, char **argv, struct opts *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -335,6 +409,14 @@ static void parse_args(int argc, char **argv, struct opts *o)
 			o->repeat = (unsigned int)r;
 		} else if (!strcmp(a, "--ifindex") && more >= 1) {
 			o->ifindex = (int)strtol(argv[++i], NULL, 0);
+		} else if (!strcmp(a, "--ingress-in-pcap")) {
+			o->ingress_in_pcap = 1;
+		} else if (!strcmp(a, "--ports") && more >= 1) {
+			long n = strtol(argv[++i], NULL, 0);
+
+			if (n < 1 || n > 64)
+				die("bad --ports %s (1..64)", argv[i]);
+			o->ports = (int)n;
 		} else if (!strcmp(a, "--map-update") && more >= 3) {
 			if (o->nupd >= MAX_MAPOPS)
 				die("%s", "too many --map-update");
@@ -374,6 +456,8 @@ int main(int argc, char **argv)
 	int fd, ncpu;
 
 	parse_args(argc, argv, &o);
+	if (o.ports > 1)
+		private_ports(o.ports);
 	libbpf_set_print(libbpf_print);
 	ncpu = libbpf_num_possible_cpus();
 	if (ncpu < 1)
@@ -423,7 +507,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < o.npkts; i++) {
 		struct xdp_md ctx = {
 			.data_end = (__u32)o.pkts[i].len,
-			.ingress_ifindex = (__u32)o.ifindex,
+			.ingress_ifindex = (__u32)o.pkts[i].ifindex,
 		};
 		LIBBPF_OPTS(bpf_test_run_opts, t,
 			.data_in = o.pkts[i].data,
@@ -434,7 +518,7 @@ int main(int argc, char **argv)
 		);
 		int err;
 
-		if (o.ifindex >= 0) {
+		if (o.pkts[i].ifindex >= 0) {
 			t.ctx_in = &ctx;
 			t.ctx_size_in = sizeof(ctx);
 		}
