@@ -92,12 +92,17 @@ def build(kernel: str | None = None, *, flavour: str | None = None) -> Artifacts
     series-flavour or release; None: the default) and the static examples.
 
     Nothing is rebuilt when nothing changed (make + Kbuild dependency tracking)."""
+    from lab.progress import Ticker
     from lab.vm.image import ImageBuilder
 
-    image = ImageBuilder(kernel, flavour=flavour, progress=None).build()
+    ticker = Ticker(prefix="toalab kmod")  # a terminal sees the steps; a log nothing
+    image = ImageBuilder(kernel, flavour=flavour, progress=ticker).build()
     art = Artifacts(out_dir(image.release), image.release)
+    ticker(f"toa.ko, uoa.ko for {image.release}")
     _make(["modules-out", f"KDIR={image.headers}", f"MODOUT={art.root}"])
+    ticker("libipopt and the example programs (static)")
     _make(["userspace", "STATIC=1", f"BUILD={art.root / 'bin'}"])
+    ticker.done()
     return art.check()
 
 
@@ -149,6 +154,19 @@ def load(target: Target, name: str, artifacts: Artifacts | None = None, **params
         if why:
             raise Unsupported(why)
         raise LabError(f"insmod {name} failed (exit {r.returncode}): {r.stderr.strip()}")
+
+
+TRUSTED = re.compile(r"^(none|[0-9A-Fa-f:.,/]*)$")  # what may reach the `trusted` parameter
+
+
+def set_trusted(target: Target, name: str, trusted: str) -> None:
+    """The loaded module's `trusted` list, at run time ("": every source; kmod/README.md)."""
+    if not TRUSTED.match(trusted):
+        raise LabError(f"trusted {trusted!r}: a comma list of prefixes, or none")
+    path = f"/sys/module/{name}/parameters/trusted"
+    r = sh(target, f"printf '%s\\n' '{trusted}' > {path}", timeout=30)  # a bare newline: the empty list
+    if r.returncode != 0:
+        raise LabError(f"{name}: the kernel refused trusted={trusted!r} ({r.stderr.strip()}; see dmesg)")
 
 
 def unload(target: Target, name: str, *, missing_ok: bool = False) -> None:

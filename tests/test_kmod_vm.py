@@ -1,4 +1,4 @@
-"""toa.ko / uoa.ko in each kernel of the axis (6.1 and 6.12 by default), through the VM engine.
+"""toa.ko / uoa.ko in each kernel of the axis (6.1: make test; 6.12: make test-extended), in a guest.
 
 One guest boot for the whole module: fullnat-4to4 and fullnat-6to6 are built
 in it side by side; the lb node plays the L7 load balancer (set_ip_opt on its
@@ -9,8 +9,10 @@ namespace sees them (and /proc/net/*_stats).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from typing import Any
 import pytest
 from conftest import unsupported
 
-from lab import kmod, topology, traffic
+from lab import fuzz, kmod, topology, traffic
+from lab.errors import LabError
 from lab.net import Lab
 from lab.vm.session import VMSession
 
@@ -317,6 +320,235 @@ def test_uoa_learns_only_from_datagrams_whose_checksum_verifies(rig: Rig) -> Non
     expect("good checksum: (bad_csum, inserted)", (good.get("bad_csum"), good.get("inserted")), (None, 1))
 
 
+# A flood of unique UDP flows from the LB's address, each datagram with the option
+# and a valid checksum, sent by a raw socket in the guest (argv: dst count base-port opt-hex).
+_FLOOD = r"""
+import socket, struct, sys
+dst, n, base, opt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), bytes.fromhex(sys.argv[4])
+sa, da = socket.inet_aton("192.0.2.1"), socket.inet_aton(dst)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def csum(b):
+    x = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while x >> 16:
+        x = (x & 0xFFFF) + (x >> 16)
+    return ~x & 0xFFFF
+ihl = 5 + len(opt) // 4
+for i in range(n):
+    u = struct.pack("!HHHH", base + i, 9002, 16, 0) + b"flood..."
+    c = csum(sa + da + struct.pack("!BBH", 0, 17, 16) + u) or 0xFFFF
+    u = u[:6] + struct.pack("!H", c) + u[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + 16, 0, 0, 64, 17, 0, sa, da)
+    s.sendto(ip + opt + u, (dst, 0))
+"""
+FLOOD, MAP_MAX = 20000, 64
+
+
+def test_a_flood_of_new_flows_keeps_the_map_bounded_and_live_flows_mapped(rig: Rig) -> None:
+    """uoa_map_max 64 and 20,000 new flows: the table stays at its bound, and a flow
+    that was live before the flood still finds its client after it (its next
+    datagram carries no option: only the kept entry can name the client)."""
+    rig.ensure(toa=True, uoa=True)
+    param = "/sys/module/uoa/parameters/uoa_map_max"
+    old = rig.vm.sh(f"cat {param}", check=True).stdout.strip()
+    live = ("--bind", "192.0.2.1:50000")
+    try:
+        rig.vm.sh(f"echo {MAP_MAX} > {param}", check=True)
+        first = rig.udp(4, [traffic.Client(opt=OPT[4], extra=live)])[0]
+        expect("the live flow, first datagram: lookup", first.event["lookup"]["client"], ep(4, CIP[4], 1))
+        u0 = kmod.stats(rig.vm, "uoa")
+        rig.labs[4].exec("lb", ["python3", "-c", _FLOOD, RS[4], str(FLOOD), "10000", OPT44],
+                         timeout=300).check()  # fmt: skip
+        u1 = kmod.stats(rig.vm, "uoa")
+        later = rig.udp(4, [traffic.Client(extra=live)])[0]
+    finally:
+        rig.vm.sh(f"echo {old} > {param}", check=True)
+    d = kmod.delta(u0, u1)
+    assert u1["entries"] <= MAP_MAX, f"the map holds {u1['entries']} entries, more than uoa_map_max {MAP_MAX}"
+    assert d.get("parsed_v4_in4") == FLOOD, d
+    assert d.get("dropped_full", 0) + d.get("inserted", 0) == FLOOD and d.get("dropped_full", 0) > 0, d
+    expect("the live flow after the flood: lookup", (later.event["lookup"] or {}).get("client"),
+           ep(4, CIP[4], 1))  # fmt: skip
+
+
+def test_fuzzed_datagrams_move_the_counters_as_the_model_says(rig: Rig) -> None:
+    """Generated and mutated IPv4 datagrams (the option in both forms, after NOPs and
+    other options, wrong lengths, operation bits, cut lists, second options, bad
+    checksums) from the LB's address through a raw socket into uoa.ko: its counters
+    move exactly as the reference model (lab/fuzz.py UoaModel) classifies them, and
+    the kernel log stays clean (test_kernel_log_is_clean, below).  make test: 3,000;
+    make fuzz: TOALAB_FUZZ_DATAGRAMS (100,000)."""
+    rig.ensure(toa=True, uoa=True)
+    n = int(os.environ.get("TOALAB_FUZZ_DATAGRAMS", "3000"))
+    # under build/, which the guest sees at the same path (its root is the host's)
+    out = kmod.REPO / "build" / "fuzz"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"uoa-{os.getpid()}.bin"
+    try:
+        want = fuzz.uoa_batch(path, n, seed=20261202)
+        u0 = kmod.stats(rig.vm, "uoa")
+        argv = ["python3", "-c", fuzz.UOA_SENDER, str(path), fuzz.UOA_DST]
+        sent = rig.labs[4].exec("lb", argv, timeout=1200)
+        u1 = kmod.stats(rig.vm, "uoa")
+    finally:
+        path.unlink(missing_ok=True)
+    expect("datagrams sent", sent.check().stdout.strip(), str(n))
+    expect(f"uoa_stats deltas over {n} datagrams", kmod.delta(u0, u1), want)
+
+
+def test_fuzzed_connections_move_the_counters_as_the_model_says(rig: Rig) -> None:
+    """Connections from the LB's side with fuzzed IPv4 options (IP_OPTIONS, as in the
+    datagram fuzz; the stack refuses some at setsockopt) to rs1: toa_stats move by
+    exactly the model's handshakes, verdicts, entries and frees.  make test: 150;
+    make fuzz: TOALAB_FUZZ_CONNECTIONS (3,000)."""
+    rig.ensure(toa=True, uoa=True)
+    n = int(os.environ.get("TOALAB_FUZZ_CONNECTIONS", "150"))
+    out = kmod.REPO / "build" / "fuzz"
+    out.mkdir(parents=True, exist_ok=True)
+    path, port = out / f"toa-{os.getpid()}.bin", 8087
+    lab = rig.labs[4]
+    try:
+        connected, want = fuzz.toa_batch(path, n, seed=20261202)
+        t0 = rig.quiet_toa()
+        srv = lab.spawn("rs1", ["python3", "-c", fuzz.TOA_SERVER, str(port), str(connected)])
+        traffic.wait_for(srv, '"event": "listening"', 15.0, "the fuzz server")
+        cl = lab.exec("lb", ["python3", "-c", fuzz.TOA_CLIENT, str(path), RS[4], str(port)], timeout=1200)
+        assert srv.wait(60) == 0, srv.output()
+        t1 = rig.quiet_toa(30.0)
+    finally:
+        path.unlink(missing_ok=True)
+    expect("client: connected, refused", json.loads(cl.check().stdout), {"connected": connected,
+           "refused": n - connected})  # fmt: skip
+    skip = ("getname_hit", "getname_miss", "getname_6to4_kept", "syn_recv_not_owned")  # see fuzz.toa_batch
+    d = {k: v for k, v in kmod.delta(t0, t1).items() if k not in skip}
+    expect(f"toa_stats deltas over {connected} connections", d, want)
+
+
+# A dual-stack server that asks getpeername with a 4-byte buffer (a canary behind
+# it), then turns the socket into AF_INET (IPV6_ADDRFORM) and asks again.
+_ADDRFORM_SERVER = r"""
+import ctypes, json, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+ls.bind(("::", int(sys.argv[1])))
+ls.listen()
+print(json.dumps({"event": "listening"}), flush=True)
+c, _ = ls.accept()
+buf = ctypes.create_string_buffer(b"\xaa" * 64, 64)
+n = ctypes.c_uint32(4)
+rc = libc.getpeername(c.fileno(), buf, ctypes.byref(n))
+short = {"rc": rc, "len": n.value, "bytes": buf.raw.hex()}
+before = c.getpeername()
+c.setsockopt(socket.IPPROTO_IPV6, 1, socket.AF_INET)  # IPV6_ADDRFORM
+print(json.dumps({"event": "peer", "short": short, "before": list(before[:2]), "after": list(c.getpeername()),
+                  "sock_after": list(c.getsockname())}), flush=True)
+c.close()
+"""
+
+
+def test_getpeername_into_a_short_buffer_and_after_ipv6_addrform(rig: Rig) -> None:
+    """An IPv4 connection with the option on a dual-stack listener: getpeername with
+    room for 4 bytes gets 4 bytes (the kernel copies what fits; nothing behind the
+    buffer moves) and the full length; after IPV6_ADDRFORM the socket is AF_INET
+    and the module's answer is a struct sockaddr_in with the client, not an IPv6
+    address written into it."""
+    rig.ensure(toa=True, uoa=True)
+    lab, port = rig.labs[4], 8086
+    srv = lab.spawn("rs1", ["python3", "-c", _ADDRFORM_SERVER, str(port)])
+    try:
+        traffic.wait_for(srv, '"event": "listening"', 15.0, "the ADDRFORM server")
+        c, v = OPT[4]
+        # two sends a second apart: the connection stays up while the server asks
+        lab.exec("lb", [rig.art.bin("tcp_client"), "--json", "--count", "2", "--interval-ms", "1000",
+                        "--opt", c, v, RS[4], str(port)], timeout=30)  # fmt: skip
+        assert srv.wait(30) == 0, srv.output()
+        (ev,) = [e for e in traffic.events(srv.output()[0]) if e.get("event") == "peer"]
+    finally:
+        if srv.running:
+            srv.terminate()
+    short = bytes.fromhex(ev["short"]["bytes"])
+    expect("short buffer: rc, and the length of a sockaddr_in6", (ev["short"]["rc"], ev["short"]["len"]),
+           (0, 28))  # fmt: skip
+    expect("short buffer: family and port, then the canary untouched",
+           (short[:4].hex(), short[4:]), ("0a000001", b"\xaa" * 60))  # fmt: skip
+    expect("before IPV6_ADDRFORM", ev["before"], ["::ffff:10.0.0.1", 1])
+    expect("after IPV6_ADDRFORM (an AF_INET socket)", ev["after"], ["10.0.0.1", 1])
+    expect("getsockname after IPV6_ADDRFORM", ev["sock_after"], ["10.0.0.2", 2])
+
+
+# -- trust: who may set the client -------------------------------------------------------------
+
+
+def _trust(rig: Rig, value: str) -> None:
+    """The `trusted` parameter of both modules, set at run time."""
+    for mod in ("toa", "uoa"):
+        path = f"/sys/module/{mod}/parameters/trusted"
+        kmod.sh(rig.vm, f"printf '%s\\n' {shlex.quote(value)} > {path}").check()
+        expect(f"{mod} trusted read back", kmod.sh(rig.vm, f"cat {path}").check().stdout, value + "\n")
+
+
+# the example LB (the lb node) sends from its addresses in 192.0.2.0/24 and 2001:db8:5::/64
+TRUST = [
+    ("192.0.2.0/24,2001:db8:5::/64", True),
+    ("192.0.2.0/25,2001:db8:5::/121", True),  # prefix lengths off the byte boundary
+    ("10.255.0.0/16,192.0.3.0/24,2001:db8:5:1::/64", False),
+    ("none", False),
+    ("", True),  # the default: every source
+]
+
+
+@pytest.mark.parametrize(("value", "believed"), TRUST, ids=[v or "empty" for v, _ in TRUST])
+def test_only_a_trusted_source_sets_the_client(rig: Rig, value: str, believed: bool) -> None:
+    """The option counts only from a source in `trusted`; from anywhere else the
+    socket keeps the addresses the kernel gave it, the lookup finds nothing, and
+    the modules count it (untrusted)."""
+    rig.ensure(toa=True, uoa=True)
+    try:
+        _trust(rig, value)
+        for outer in (4, 6):
+            t0, u0 = kmod.stats(rig.vm, "toa"), kmod.stats(rig.vm, "uoa")
+            ex = rig.tcp(outer, [traffic.Client(opt=OPT[4])])[0]
+            ev = ex.event
+            if believed:
+                expect("getpeername (the client)", ev["peer"], _tcp_view(outer, 4, CIP[4], 1)[0])
+            else:
+                expect("getpeername (untrusted: the sender)", ev["peer"], real(ex))
+                expect("TOA lookup (untrusted)", ev["lookup"], None)
+            ux = rig.udp(outer, [traffic.Client(opt=OPT[4])])[0]
+            if believed:
+                want = {"client": ep(4, CIP[4], 1), "vip": ep(4, VIP[4], 2)}
+                expect("UOA lookup", ux.event["lookup"], want)
+            else:
+                expect("UOA lookup (untrusted)", ux.event["lookup"], None)
+            dt = kmod.delta(t0, kmod.stats(rig.vm, "toa")).get("untrusted", 0)
+            du = kmod.delta(u0, kmod.stats(rig.vm, "uoa")).get("untrusted", 0)
+            expect("untrusted counted (toa, uoa)", (dt > 0, du > 0), (not believed, not believed))
+    finally:
+        _trust(rig, "")
+
+
+def test_a_bad_trusted_list_is_refused_with_one_line(rig: Rig) -> None:
+    rig.ensure(toa=True, uoa=True)
+    _trust(rig, "192.0.2.0/24")
+    try:
+        mark = kmod.dmesg_mark(rig.vm)
+        for bad in ("192.0.2.0/33", "192.0.2.0/24,bogus", "2001:db8::/129", ";reboot"):
+            r = kmod.sh(rig.vm, f"printf '%s' {shlex.quote(bad)} > /sys/module/toa/parameters/trusted")
+            expect(f"writing {bad!r}", r.returncode != 0, True)
+        kept = kmod.sh(rig.vm, "cat /sys/module/toa/parameters/trusted").stdout
+        expect("the list kept", kept, "192.0.2.0/24\n")
+        log = kmod.sh(rig.vm, "dmesg").check().stdout.splitlines()[mark:]
+        said = [ln for ln in log if "trusted: 'bogus' is not an address or prefix" in ln]
+        expect("one dmesg line naming the bad item", len(said), 1)
+        rig.ensure(toa=False, uoa=True)
+        with pytest.raises(LabError, match="insmod toa failed"):
+            kmod.load(rig.vm, "toa", rig.art, trusted="not-a-prefix")
+    finally:
+        rig.ensure(toa=True, uoa=True)
+        _trust(rig, "")
+
+
 # -- malformed options ---------------------------------------------------------------------------
 # (name, outer, raw option bytes, toa counter).  The kernel itself drops a packet
 # whose options overrun their space (ip_options_compile, ip6_parse_tlv), so a
@@ -367,9 +599,10 @@ def test_option_31_among_other_ipv4_options(rig: Rig, before: str) -> None:
 
 
 # -- load / unload under traffic ----------------------------------------------------------------
-CYCLES = 5
+CYCLES = 100  # make test-extended only
 
 
+@pytest.mark.extended
 def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None:
     rig.ensure(toa=True, uoa=True)
     lab, art = rig.labs[4], rig.art
@@ -401,7 +634,7 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
             f"set -e; for i in $(seq {CYCLES}); do sleep 0.4; "
             f"rmmod toa; rmmod uoa; sleep 0.2; insmod {ko['toa']}; insmod {ko['uoa']}; "
             "echo cycle-$i; done",
-            timeout=120,
+            timeout=600,
         )  # fmt: skip
         expect("insmod/rmmod cycles (exit, errors)", (cycles.returncode, cycles.stderr), (0, ""))
         expect("cycles done", cycles.stdout.split(), [f"cycle-{i}" for i in range(1, CYCLES + 1)])
@@ -417,8 +650,8 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
         expect("traffic loop exit", load.wait(30), 0)
         out = load.output()[0].split()
         tcp_ok, udp_ok = out.count("tcp-ok"), out.count("udp-ok")
-        assert tcp_ok >= CYCLES and udp_ok >= CYCLES, (
-            f"expected traffic to flow through the cycles (>= {CYCLES} TCP and UDP exchanges each), "
+        assert tcp_ok >= CYCLES // 5 and udp_ok >= CYCLES // 5, (
+            f"expected traffic to flow through the cycles (>= {CYCLES // 5} TCP and UDP exchanges each), "
             f"saw {tcp_ok} TCP and {udp_ok} UDP"
         )
     finally:

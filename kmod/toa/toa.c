@@ -49,11 +49,14 @@
 #include "toa_parse.h"
 #include "toa_kern.h"
 #include "toa_compat.h"
+#include "toa_trust.h"
 
 static unsigned int toa_map_table_bits = 12;
 module_param(toa_map_table_bits, uint, 0444);
 MODULE_PARM_DESC(toa_map_table_bits,
 		 "log2 of the number of hash buckets (4..20, default 12)");
+
+TOA_TRUST_PARAM(toa_trust);
 
 /* ------------------------------------------------------------------ */
 /* statistics                                                          */
@@ -73,6 +76,7 @@ enum toa_stat {
 	TOA_STAT_REPLACED,
 	TOA_STAT_FREED,
 	TOA_STAT_ALLOC_FAIL,
+	TOA_STAT_UNTRUSTED,	/* an option from a source not in `trusted`: ignored */
 	TOA_STAT_MAX,
 };
 
@@ -91,6 +95,7 @@ static const char * const toa_stat_names[TOA_STAT_MAX] = {
 	[TOA_STAT_REPLACED]		= "replaced",
 	[TOA_STAT_FREED]		= "freed",
 	[TOA_STAT_ALLOC_FAIL]		= "alloc_fail",
+	[TOA_STAT_UNTRUSTED]		= "untrusted",
 };
 
 static DEFINE_PER_CPU(unsigned long [TOA_STAT_MAX], toa_stats);
@@ -286,6 +291,11 @@ static void toa_learn(const struct sock *sk, const struct sk_buff *skb,
 	else
 		rc = toa_parse_v6(skb, &a);
 
+	if (rc == TOA_FOUND && !toa_trusted(&toa_trust, skb, outer)) {
+		toa_inc(TOA_STAT_UNTRUSTED);
+		toa_forget(sk);
+		return;
+	}
 	toa_inc(TOA_STAT_PARSE + toa_parse_stat(rc, outer, &a));
 	if (rc != TOA_FOUND) {
 		/* Drop what an earlier socket at this address left behind. */

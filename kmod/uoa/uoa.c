@@ -55,6 +55,7 @@
 #include "uoa.h"
 #include "toa_parse.h"
 #include "toa_kern.h"
+#include "toa_trust.h"
 
 static unsigned int uoa_map_table_bits = 12;
 module_param(uoa_map_table_bits, uint, 0444);
@@ -69,7 +70,9 @@ MODULE_PARM_DESC(uoa_map_timeout,
 static unsigned int uoa_map_max = 65536;
 module_param(uoa_map_max, uint, 0644);
 MODULE_PARM_DESC(uoa_map_max,
-		 "most entries; when full, the oldest of the bucket is evicted");
+		 "most entries; when full, the oldest of the bucket is evicted if idle for a quarter of the timeout, else the new flow is not learnt");
+
+TOA_TRUST_PARAM(uoa_trust);
 
 /* ------------------------------------------------------------------ */
 /* statistics                                                          */
@@ -89,6 +92,7 @@ enum uoa_stat {
 	UOA_STAT_FREED,
 	UOA_STAT_KEPT_ALIVE,	/* a datagram without the option refreshed its flow's entry */
 	UOA_STAT_BAD_CSUM,	/* an option in a datagram whose checksum fails: not learned */
+	UOA_STAT_UNTRUSTED,	/* an option from a source not in `trusted`: ignored */
 	UOA_STAT_MAX,
 };
 
@@ -107,6 +111,7 @@ static const char * const uoa_stat_names[UOA_STAT_MAX] = {
 	[UOA_STAT_FREED]		= "freed",
 	[UOA_STAT_KEPT_ALIVE]		= "kept_alive",
 	[UOA_STAT_BAD_CSUM]		= "bad_csum",
+	[UOA_STAT_UNTRUSTED]		= "untrusted",
 };
 
 static DEFINE_PER_CPU(unsigned long [UOA_STAT_MAX], uoa_stats);
@@ -211,6 +216,19 @@ static struct uoa_entry *uoa_oldest(struct toa_bucket *b)
 	return old;
 }
 
+/*
+ * A flow that saw a datagram or a lookup within the last quarter of the
+ * timeout is live: a full table makes room only by evicting an entry idle
+ * for longer, so that a flood of new flows cannot push live ones out (it
+ * is dropped instead, counted dropped_full).
+ */
+static bool uoa_live(const struct uoa_entry *e)
+{
+	unsigned long t = uoa_timeout();
+
+	return time_after(READ_ONCE(e->expires), jiffies + t - t / 4);
+}
+
 /* Cheap path: the same datagram flow again, same content. */
 static bool uoa_refresh(struct toa_bucket *b, const struct uoa_key *k,
 			const struct toa_addrs *a, unsigned long expires)
@@ -257,7 +275,7 @@ static void uoa_store(const struct uoa_key *k, const struct toa_addrs *a)
 	}
 	if (atomic_read(&uoa_nr_entries) >= READ_ONCE(uoa_map_max)) {
 		old = uoa_oldest(b);
-		if (!old) {
+		if (!old || uoa_live(old)) {
 			uoa_inc(UOA_STAT_DROPPED_FULL);
 			spin_unlock_bh(&b->lock);
 			kfree(e);
@@ -399,6 +417,10 @@ static void uoa_learn(struct sk_buff *skb, const struct net *net,
 		rc = toa_parse_v6(skb, &a);
 	if (rc == TOA_FOUND && !uoa_csum_ok(skb, family, thoff, uh, saddr, daddr)) {
 		uoa_inc(UOA_STAT_BAD_CSUM);
+		return;
+	}
+	if (rc == TOA_FOUND && !toa_trusted(&uoa_trust, skb, family)) {
+		uoa_inc(UOA_STAT_UNTRUSTED);
 		return;
 	}
 	uoa_inc(UOA_STAT_PARSE + toa_parse_stat(rc, family, &a));
