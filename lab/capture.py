@@ -1,4 +1,5 @@
-"""Packet captures on lab nodes with tcpdump, as evidence for scenarios."""
+"""Packet captures on lab nodes with tcpdump: as evidence for scenarios, and live
+(``toalab capture``) into Wireshark or tshark."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from lab.engines import Job
 from lab.errors import LabError
 from lab.net import Lab
+from lab.topology import IFNAME, Topology
 
 SETTLE_S = 0.05  # after the traffic: its last packets reach the captures
 
@@ -66,6 +69,32 @@ class Capture:
     def stop(self) -> None:
         if self.job is not None and self.job.running:
             self.job.terminate()
+
+
+def live(lab: Lab, node: str, ifname: str | None, out: BinaryIO, *, count: int = 0,
+         bpf_filter: Sequence[str] = ()) -> int:  # fmt: skip
+    """Stream a pcap of node:ifname into `out` as tcpdump writes it, until
+    Ctrl-C (or `count` packets); tcpdump's exit code.  ifname defaults to the
+    node's first linked interface."""
+    topo = lab.topology
+    lab.ns(node)  # an unknown node: one line naming the lab's nodes
+    if ifname is None:
+        linked = [a.ifname for a, _ in topo.links_of(node)] if topo else []
+        if not linked:
+            raise LabError(f"{node} has no linked interface to capture on; name one: {node}:IF")
+        ifname = linked[0]
+    elif not IFNAME.match(ifname):
+        raise LabError(f"interface name {ifname!r}: 1-15 chars of A-Z a-z 0-9 _ . -, starting with a letter")
+    elif topo is not None and ifname != "any" and ifname not in _interfaces(topo, node):
+        raise LabError(f"{node} has no interface {ifname} (interfaces: {', '.join(_interfaces(topo, node))})")
+    argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0", "-i", ifname, "-w", "-"]
+    if count:
+        argv += ["-c", str(count)]
+    return lab.engine.stream(node, [*argv, *bpf_filter], out)
+
+
+def _interfaces(topo: Topology, node: str) -> list[str]:
+    return ["lo", *(a.ifname for a, _ in topo.links_of(node))]
 
 
 @contextlib.contextmanager
