@@ -67,7 +67,8 @@ def main() -> int:
         if found:
             print(f"[demo] {sid}: {rs} received  {found[0]}")
     failed = [r for r in results.values() if r.verdict != "pass"]
-    print(f"[demo] pcaps of every interface: {out}/<scenario>/*.pcap (toalab decode FILE; tshark -r FILE)")
+    print(f"[demo] pcaps of every interface: {out}/<scenario>/*.pcap (toalab decode FILE; with the option "
+          "decoded: tshark -X lua_script:$(toalab wireshark path) -r FILE -Y toa)")  # fmt: skip
     if failed:
         for r in failed:
             print(f"[demo] FAILED {r.id}: {r.reason}", file=sys.stderr)

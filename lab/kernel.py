@@ -211,12 +211,10 @@ class KernelHandle:
         """Map name -> map id for the maps a loaded program uses."""
         info = self.bpftool(["prog", "show", "id", str(prog_id)])
         assert isinstance(info, dict)
-        out: dict[str, int] = {}
-        for mid in info.get("map_ids", []):
-            m = self.bpftool(["map", "show", "id", str(mid)])
-            assert isinstance(m, dict)
-            out[str(m.get("name", ""))] = int(mid)
-        return out
+        mine = {int(m) for m in info.get("map_ids", [])}
+        every = self.bpftool(["map", "show"]) or []  # two calls, not one per map
+        assert isinstance(every, list)
+        return {str(m.get("name", "")): int(m["id"]) for m in every if int(m.get("id", -1)) in mine}
 
     def map_id(self, prog_id: int, name: str) -> int:
         ids = self.prog_map_ids(prog_id)
@@ -234,16 +232,24 @@ class KernelHandle:
 
     def map_dump(self, mid: int) -> list[MapEntry]:
         """All entries of a live map; per-CPU maps give one value per CPU."""
-        out = []
-        for e in self.bpftool(["map", "dump", "id", str(mid)]) or []:  # type: ignore[union-attr]
-            assert isinstance(e, dict)
-            key = _bytes_of(e["key"])
-            if "values" in e:
-                vals = tuple(_bytes_of(v["value"]) for v in sorted(e["values"], key=lambda v: v["cpu"]))
-            else:
-                vals = (_bytes_of(e["value"]),)
-            out.append(MapEntry(key, vals))
-        return out
+        return [_entry(e) for e in self.bpftool(["map", "dump", "id", str(mid)]) or []]  # type: ignore[union-attr]
+
+    def map_lookup(self, mid: int, key: bytes) -> MapEntry | None:
+        """One entry of a live map, None when the key is not in it."""
+        r = self.exec(["bpftool", "-j", "map", "lookup", "id", str(mid), "key", *hexwords(key)])
+        if r.returncode != 0:
+            if "not found" in (r.stderr + r.stdout).lower():
+                return None
+            raise KernelError(f"bpftool map lookup id {mid} failed: {(r.stderr or r.stdout).strip()}")
+        return _entry(json.loads(r.stdout))
+
+    def monotonic_ns(self) -> int:
+        """Now on the kernel's clock as BPF programs read it (bpf_ktime_get_ns: CLOCK_MONOTONIC)."""
+        head = self.run(["head", "-n", "3", "/proc/timer_list"], "reading the kernel's clock")
+        for line in head.splitlines():
+            if line.startswith("now at "):
+                return int(line.split()[2])
+        raise KernelError(f"no 'now at' line in /proc/timer_list of {self.where}")
 
 
 def xdp_prog_of(link: dict) -> int | None:
@@ -261,6 +267,16 @@ def xdp_prog_of(link: dict) -> int | None:
 def hexwords(b: bytes) -> list[str]:
     """Bytes as bpftool takes them (0x01 0x02 ...)."""
     return [f"0x{x:02x}" for x in b]
+
+
+def _entry(e: object) -> MapEntry:
+    assert isinstance(e, dict)
+    key = _bytes_of(e["key"])
+    if "values" in e:
+        vals = tuple(_bytes_of(v["value"]) for v in sorted(e["values"], key=lambda v: v["cpu"]))
+    else:
+        vals = (_bytes_of(e["value"]),)
+    return MapEntry(key, vals)
 
 
 def _bytes_of(v: object) -> bytes:

@@ -87,7 +87,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_SECTIONS = ("xdp",)
 
-_IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
+IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")  # Linux caps interface names at 15 bytes
 
 
 def fullnat(node: Node) -> Fullnat:
@@ -208,7 +208,7 @@ def _close(a: str, b: str) -> bool:
 
 def _check_fullnat(f: Fullnat) -> Iterator[str]:
     for key in ("client_if", "rs_if"):
-        if not _IFNAME.match(getattr(f, key)):
+        if not IFNAME.match(getattr(f, key)):
             yield f".{key}: '{getattr(f, key)}' is not an interface name"
     if not 1 <= f.udp_opt_pkts <= 255:
         yield f".udp_opt_pkts: {f.udp_opt_pkts} out of range 1-255"
@@ -228,7 +228,7 @@ def _check_l7(p: L7) -> Iterator[str]:
 def _check_vxlan(v: Vxlan) -> Iterator[str]:
     if not 0 <= v.vni < 1 << 24:
         yield f".vni: {v.vni} out of range 0-16777215"
-    if not _IFNAME.match(v.dev):
+    if not IFNAME.match(v.dev):
         yield f".dev: '{v.dev}' is not an interface name"
 
 

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from lab.engines import Engine, ExecResult, Job, LabRecord, engine_class
+from lab import topology
+from lab.engines import Engine, ExecResult, Job, LabRecord, engine_class, stop_helpers
 from lab.errors import LabError
 from lab.kernel import KernelHandle
 from lab.plan import LAB_NAME, ns_name
@@ -47,6 +48,7 @@ class Lab:
             namespaces={},
             roles={n.name: n.role for n in topo.nodes.values()},
             engine_data=dict(engine_opts),
+            topology_text=topo.text,
         )
         record.namespaces = {n: ns_name(name, n) for n in topo.nodes}
         eng = engine_class(engine)(record)
@@ -67,10 +69,12 @@ class Lab:
             record = labs[0]
         else:
             record = LabRecord.load(name)
-        return cls(engine_class(record.engine)(record))
+        topo = topology.loads(record.topology_text, record.topology) if record.topology_text else None
+        return cls(engine_class(record.engine)(record), topo)
 
     def down(self) -> None:
         with _interrupts_as_errors():
+            stop_helpers(self.engine.record)
             self.engine.down()
 
     def __enter__(self) -> Lab:

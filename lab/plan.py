@@ -205,9 +205,13 @@ class Plan:
         return "\n".join(out) + "\n"
 
     def render_teardown(self) -> str:
-        return "".join(
+        """End what runs inside the namespaces (TERM, then KILL), then remove them."""
+        nss = " ".join(shlex.quote(ns) for ns in self.namespaces.values())
+        inside = f"for ns in {nss}; do ip netns pids $ns 2>/dev/null; done"
+        return (f"p=$({inside}); [ -z \"$p\" ] || {{ kill $p 2>/dev/null; sleep 0.3; "
+                f"p=$({inside}); [ -z \"$p\" ] || kill -9 $p 2>/dev/null; }}\n") + "".join(
             f"ip netns del {shlex.quote(ns)} 2>/dev/null || true\n" for ns in self.namespaces.values()
-        )
+        )  # fmt: skip
 
 
 def _is_base(op: Sysctl) -> bool:

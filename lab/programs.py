@@ -86,6 +86,15 @@ class TxCsumOff:
 
 
 @dataclass(frozen=True)
+class Qdisc:
+    """tc qdisc replace dev IFNAME root ARGS in ns: a link impairment (lab/impair.py)."""
+
+    ns: str
+    ifname: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class VxlanDev:
     """A vxlan device over `lower`, up, without reverse-path filtering, bound to
     the `remote` VTEP; the `peers` (the LB's local addresses) are routed into it,
@@ -152,16 +161,17 @@ class MapUpdate:
     value: Blob
 
 
-ProgOp = TxCsumOff | VxlanDev | XdpAttach | ProgLoad | XdpAttachPinned | MapUpdate
+ProgOp = TxCsumOff | Qdisc | VxlanDev | XdpAttach | ProgLoad | XdpAttachPinned | MapUpdate
 
 
 def for_topology(topo: Topology, namespaces: dict[str, str], lab: str) -> list[ProgOp]:
     """Every program a topology implies, from its control planes: the gateway
     data planes of its ports (params.xdp) and the fullnat LB of its services;
     the map entries last, once every program they fill is attached."""
-    from lab import gwping, lb  # they read the plan's MACs (lab.plan.mac_of)
+    from lab import gwping, impair, lb  # they read the plan's MACs (lab.plan.mac_of)
 
-    ops = [*gwping.program_ops(topo, namespaces), *lb.program_ops(topo, namespaces, lab)]
+    ops = [*impair.program_ops(topo, namespaces), *gwping.program_ops(topo, namespaces),
+           *lb.program_ops(topo, namespaces, lab)]  # fmt: skip
     return [o for o in ops if not isinstance(o, MapUpdate)] + [o for o in ops if isinstance(o, MapUpdate)]
 
 
@@ -194,7 +204,13 @@ def apply(kernel: KernelHandle, ops: Sequence[ProgOp], *, prelude: str = "") -> 
     if setup or prelude:
         script = setup_script(setup, paths, nss, with_ids=ids, prelude=prelude)
         what = "building the lab and attaching its programs" if prelude else "attaching the programs"
-        listing = kernel.run(["sh", "-c", script], what, timeout=180)
+        try:
+            listing = kernel.run(["sh", "-c", script], what, timeout=180)
+        except LabError as e:
+            if "qdisc kind is unknown" in str(e):
+                raise LabError(f"{what}: this kernel has no netem (sch_netem), which the topology's link "
+                               "impairments need; use --engine vm") from None  # fmt: skip
+            raise
     elif updates:
         listing = kernel.run(["sh", "-c", "; ".join(_listing(nss, ids))], "reading interfaces and map ids")
     lines = []
@@ -265,6 +281,9 @@ def setup_script(
                     shell_ns.setdefault(op.ns, []).append(f"echo 0 > {rp}")
             case TxCsumOff():
                 shell_ns.setdefault(op.ns, []).append(f"ethtool -K {_tok(op.ifname)} tx off >/dev/null")
+            case Qdisc():
+                args = " ".join(_tok(a) for a in op.args)
+                shell_ns.setdefault(op.ns, []).append(f"tc qdisc replace dev {_tok(op.ifname)} root {args}")
             case XdpAttach():
                 obj = _tok(str(paths[op.obj]))
                 line = f"link set dev {_tok(op.ifname)} {XDP_MODES[op.mode]} obj {obj} sec {_tok(op.sec)}"

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import topology
+from lab import kmod, topology
 from lab.capture import SETTLE_S, Capture, captures, slice_pcap
 from lab.errors import LabError
 from lab.net import Lab
@@ -58,6 +58,7 @@ class Scenario:
     lookup: str = ""
     target: str = ""  # gwping: the node probed
     port: int = 0  # gwping: its service's port
+    trusted: str = "auto"  # the modules' `trusted` list; auto: the topology's option senders
     topologies: Path = field(default=TOPOLOGIES, repr=False)  # where `topology` is found
 
     @property
@@ -74,7 +75,8 @@ class Scenario:
 
 
 # -- the table --------------------------------------------------------------------------------
-_FIELDS = {"description", "topology", "traffic", "modules", "socket", "peer", "lookup", "target", "port"}
+_FIELDS = {"description", "topology", "traffic", "modules", "socket", "peer", "lookup", "target", "port",
+           "trusted"}  # fmt: skip
 
 
 def load(path: Path = SCENARIOS) -> dict[str, Scenario]:
@@ -111,6 +113,9 @@ def load(path: Path = SCENARIOS) -> dict[str, Scenario]:
         ):
             if key in spec and spec[key] not in allowed:
                 raise LabError(f"{where}.{key}: {spec[key]!r} is not one of {', '.join(allowed)}")
+        trusted = spec.get("trusted", "auto")
+        if not (isinstance(trusted, str) and (trusted == "auto" or kmod.TRUSTED.match(trusted))):
+            raise LabError(f"{where}.trusted: {spec['trusted']!r} is not auto, none or a list of prefixes")
         local = path.parent / "topologies"  # a table of one's own may bring its topologies
         sc = Scenario(
             id=sid,
@@ -123,6 +128,20 @@ def load(path: Path = SCENARIOS) -> dict[str, Scenario]:
             raise LabError(f"{where}.topology: no {shown}")
         out[sid] = sc
     return out
+
+
+def trusted_for(sc: Scenario, topo: topology.Topology | None) -> str:
+    """The modules' trusted list for a scenario: its own, or (auto) the addresses
+    that send the option in its topology -- the LB's local addresses and the L7
+    proxies' -- as a deployment would configure them."""
+    if sc.trusted != "auto":
+        return sc.trusted
+    if topo is None:
+        return ""
+    senders = [str(a) for s in topo.services.values() for a in s.local]
+    senders += [str(a.ip) for n in topo.nodes.values() if n.role == "proxy"
+                for ifname, addrs in n.interfaces.items() if ifname != "lo" for a in addrs]  # fmt: skip
+    return ",".join(dict.fromkeys(senders))
 
 
 def select(ids: Sequence[str], path: Path = SCENARIOS) -> list[Scenario]:
@@ -162,6 +181,7 @@ class Result:
     checks: list[Check] = field(default_factory=list)
     kernel: dict[str, Any] = field(default_factory=dict)
     modules: list[str] = field(default_factory=list)
+    trusted: str = ""  # the modules' trusted list during the scenario ("": every source)
     timings: dict[str, float] = field(default_factory=dict)
     pcaps: list[str] = field(default_factory=list)
 
@@ -501,8 +521,6 @@ class Runner:
             self._stack.close()
 
     def programs(self) -> Any:
-        from lab import kmod
-
         if self._art is None:
             self._art = kmod.build(self.kernel) if self.engine == "vm" else kmod.userspace()
         return self._art
@@ -595,9 +613,8 @@ class Runner:
             stack, self._lab, self._caps = self._lab[3], None, []
             stack.close()
 
-    def _modules(self, want: Sequence[str]) -> None:
-        from lab import kmod
-
+    def _modules(self, want: Sequence[str], trusted: str = "") -> None:
+        """Exactly the wanted modules loaded, each trusting `trusted` (kmod/README.md)."""
         if self.engine != "vm":
             return
         vm, art = self._guest(), self.programs()
@@ -607,10 +624,10 @@ class Runner:
                 kmod.unload(vm, mod)
             elif mod in want and mod not in have:
                 kmod.load(vm, mod, art)
+        for mod in want:
+            kmod.set_trusted(vm, mod, trusted)
 
     def _run_one(self, lab: Lab, sc: Scenario, up_s: float) -> Result:
-        from lab import kmod
-
         t0 = time.monotonic()
         res = Result(
             sc.id,
@@ -624,8 +641,9 @@ class Runner:
         d = self.out / sc.id
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
+        res.trusted = trusted_for(sc, lab.topology) if sc.modules else ""
         try:
-            self._modules(sc.modules)
+            self._modules(sc.modules, res.trusted)
         except LabError as e:
             res.reason = f"loading {', '.join(sc.modules)}: {e}"
             return self._finish(res)

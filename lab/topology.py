@@ -18,17 +18,19 @@ from typing import Any
 
 import yaml
 
-from lab import kinds
+from lab import kinds, sched
 from lab.errors import LabError
+from lab.impair import Impairment
 
 ROLES = ("client", "lb", "proxy", "switch", "router", "rs", "gateway", "prober", "host")
 PROTOCOLS = ("tcp", "udp")
+MAX_RS = 16  # bpf/include/lb.h LB_MAX_RS
 IfAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Linux caps interface names at 15 bytes; node names end up in namespace names.
-_IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
-_NODENAME = re.compile(r"^[a-z][a-z0-9_-]{0,19}$")
+# node names end up in namespace names
+IFNAME = kinds.IFNAME
+NODENAME = re.compile(r"^[a-z][a-z0-9_-]{0,19}$")
 # net.ipv4.ip_forward, net/ipv4/conf/eth0.100/rp_filter: no empty or '..' component
 _SYSCTL = re.compile(r"^net(?:[./][A-Za-z0-9_-]+)+$")
 
@@ -98,11 +100,32 @@ class Link:
     a: Endpoint
     b: Endpoint
     mtu: int = 1500
+    impair: dict[str, Impairment] = field(default_factory=dict)  # "a" / "b": what that end sends
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How ``toalab lb health`` probes a service's real servers from the lb node:
+    ``tcp`` connects to rs_port, ``ping`` sends an ICMP echo; a server is marked
+    down after ``fall`` failed probes in a row and up after ``rise`` good ones."""
+
+    check: str = "tcp"
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 2
+
+
+HEALTH_CHECKS = ("tcp", "ping")
+SERVICE_KEYS = ("lb", "vip", "port", "protocols", "real_servers", "rs_port", "local", "vxlan",
+                "scheduler", "persistence", "health")  # fmt: skip
 
 
 @dataclass
 class Service:
-    """A fullnat virtual service: VIP:port/proto -> real servers."""
+    """A fullnat virtual service: VIP:port/proto -> real servers, scheduled by
+    ``scheduler`` (lab/sched.py) with per-server ``weights`` (1 unless given);
+    ``persistence`` seconds of source-IP persistence (0: off)."""
 
     name: str
     lb: str
@@ -113,6 +136,13 @@ class Service:
     rs_port: int
     local: list[IpAddr]
     vxlan: bool = False
+    scheduler: str = sched.DEFAULT
+    persistence: int = 0
+    weights: dict[str, int] = field(default_factory=dict)
+    health: HealthCheck | None = None
+
+    def weight(self, rs: str) -> int:
+        return self.weights.get(rs, 1)
 
 
 @dataclass
@@ -123,6 +153,7 @@ class Topology:
     links: list[Link] = field(default_factory=list)
     services: dict[str, Service] = field(default_factory=dict)
     source: str = "<python>"
+    text: str = ""  # the YAML it was loaded from: a running lab's record keeps it
 
     # -- building, Mininet style -------------------------------------------------
     def add_node(self, name: str, role: str = "host", **params: Any) -> Node:
@@ -187,7 +218,9 @@ def loads(text: str, source: str = "<string>") -> Topology:
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise TopologyError([f"{source}: {where}not valid YAML: {problem}"]) from None
-    return from_dict(doc, source).validate()
+    topo = from_dict(doc, source).validate()
+    topo.text = text
+    return topo
 
 
 def from_dict(doc: Any, source: str = "<dict>") -> Topology:
@@ -235,7 +268,7 @@ def from_dict(doc: Any, source: str = "<dict>") -> Topology:
 
 def _load_node(topo: Topology, name: str, spec: Any, bad: Any) -> None:
     where = f"nodes.{name}"
-    if not _NODENAME.match(name):
+    if not NODENAME.match(name):
         bad(where, "node names are 1-20 chars of a-z, 0-9, '-', '_', starting with a letter")
     if not isinstance(spec, dict):
         bad(where, "must be a mapping (role, interfaces, routes, sysctls)")
@@ -256,7 +289,7 @@ def _load_node(topo: Topology, name: str, spec: Any, bad: Any) -> None:
         ifaces = {}
     for ifname, addrs in ifaces.items():
         iw = f"{where}.interfaces.{ifname}"
-        if not _IFNAME.match(str(ifname)):
+        if not IFNAME.match(str(ifname)):
             bad(iw, "interface names are 1-15 chars, starting with a letter")
         if addrs is None:
             addrs = []
@@ -327,11 +360,27 @@ def _load_link(topo: Topology, where: str, spec: Any, bad: Any) -> None:
     elif isinstance(spec, dict) and "a" in spec and "b" in spec:
         a, b = str(spec["a"]), str(spec["b"])
         mtu = spec.get("mtu", 1500)
+        extra = [str(k) for k in spec if k not in ("a", "b", "mtu", "impair")]
+        if extra:
+            bad(where, f"unknown field(s) {', '.join(extra)} (a, b, mtu, impair)")
     else:
-        bad(where, "a link is 'node:ifname -- node:ifname' or a mapping with a, b (and mtu)")
+        bad(where, "a link is 'node:ifname -- node:ifname' or a mapping with a, b (and mtu, impair)")
         return
+    imps: dict[str, Impairment] = {}
+    raw = spec.get("impair", {}) if isinstance(spec, dict) else {}
+    ends_ok = isinstance(raw, dict) and all(k in ("a", "b") and isinstance(v, dict) for k, v in raw.items())
+    if not ends_ok:
+        bad(f"{where}.impair", "a mapping of link end (a, b) to impairments: {a: {delay: 10ms, loss: 1%}}")
+        raw = {}
+    for end, kv in raw.items():
+        try:
+            imps[end] = Impairment.parse(kv, f"{where}.impair.{end}")
+        except LabError as e:
+            bad(f"{where}.impair.{end}", str(e).split(": ", 1)[-1])
+        if end in imps and imps[end].mtu:
+            bad(f"{where}.impair.{end}", "the MTU is the link's own field (mtu: N), both ends alike")
     try:
-        topo.links.append(Link(_endpoint(a), _endpoint(b), int(mtu)))
+        topo.links.append(Link(_endpoint(a), _endpoint(b), int(mtu), imps))
     except ValueError as e:
         bad(where, str(e))
 
@@ -341,6 +390,9 @@ def _load_service(topo: Topology, name: str, spec: Any, bad: Any) -> None:
     if not isinstance(spec, dict):
         bad(where, "must be a mapping (lb, vip, port, protocols, real_servers, rs_port, local)")
         return
+    unknown = [str(k) for k in spec if k not in SERVICE_KEYS]
+    if unknown:
+        bad(where, f"unknown field(s) {', '.join(unknown)} (expected {', '.join(SERVICE_KEYS)})")
     missing = [k for k in ("lb", "vip", "port", "real_servers", "local") if k not in spec]
     if missing:
         bad(where, f"missing field(s): {', '.join(missing)}")
@@ -355,6 +407,11 @@ def _load_service(topo: Topology, name: str, spec: Any, bad: Any) -> None:
     for p in protocols:
         if p not in PROTOCOLS:
             bad(f"{where}.protocols", f"unknown protocol '{p}' (tcp or udp)")
+    real_servers, weights = _real_servers(spec["real_servers"], f"{where}.real_servers", bad)
+    scheduler = str(spec.get("scheduler", sched.DEFAULT))
+    if scheduler not in sched.SCHEDULERS:
+        bad(f"{where}.scheduler", f"unknown scheduler '{scheduler}' (one of {', '.join(sched.SCHEDULERS)})")
+    persistence = _int(spec.get("persistence", 0), 0, 86400, f"{where}.persistence", "seconds", bad)
     port = int(spec["port"])
     topo.services[name] = Service(
         name=name,
@@ -362,11 +419,72 @@ def _load_service(topo: Topology, name: str, spec: Any, bad: Any) -> None:
         vip=vip,
         port=port,
         protocols=protocols,
-        real_servers=[str(r) for r in spec["real_servers"]],
+        real_servers=real_servers,
         rs_port=int(spec.get("rs_port", port)),
         local=local,
         vxlan=bool(spec.get("vxlan", False)),
+        scheduler=scheduler,
+        persistence=persistence,
+        weights=weights,
+        health=_health(spec.get("health"), f"{where}.health", bad),
     )
+
+
+def _int(v: Any, lo: int, hi: int, where: str, what: str, bad: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        bad(where, f"{v!r} is not a whole number of {what} in {lo}..{hi}")
+        return lo
+    return v
+
+
+def _real_servers(spec: Any, where: str, bad: Any) -> tuple[list[str], dict[str, int]]:
+    """``[rs1, {node: rs2, weight: 3}]``: the names, and the weights given."""
+    if not isinstance(spec, list) or not spec:
+        bad(where, "must be a non-empty list of nodes (a name, or {node: NAME, weight: W})")
+        return [], {}
+    names: list[str] = []
+    weights: dict[str, int] = {}
+    for i, e in enumerate(spec):
+        if isinstance(e, dict):
+            extra = [str(k) for k in e if k not in ("node", "weight")]
+            if "node" not in e or extra:
+                bad(f"{where}[{i}]", "a real server is a name or {node: NAME, weight: W}")
+                continue
+            name = str(e["node"])
+            if "weight" in e:
+                weights[name] = _int(e["weight"], 0, sched.MAX_WEIGHT, f"{where}[{i}].weight", "units", bad)
+        else:
+            name = str(e)
+        if name in names:
+            bad(f"{where}[{i}]", f"real server '{name}' is listed twice")
+        names.append(name)
+    return names, weights
+
+
+def _health(spec: Any, where: str, bad: Any) -> HealthCheck | None:
+    if spec is None:
+        return None
+    if spec is True:
+        return HealthCheck()
+    if not isinstance(spec, dict):
+        bad(where, "must be true or a mapping (check, interval, timeout, rise, fall)")
+        return None
+    extra = [str(k) for k in spec if k not in ("check", "interval", "timeout", "rise", "fall")]
+    if extra:
+        bad(where, f"unknown field(s) {', '.join(extra)} (check, interval, timeout, rise, fall)")
+    check = str(spec.get("check", "tcp"))
+    if check not in HEALTH_CHECKS:
+        bad(f"{where}.check", f"unknown check '{check}' (one of {', '.join(HEALTH_CHECKS)})")
+    times = {}
+    for k in ("interval", "timeout"):
+        v = spec.get(k, 1.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.05 <= v <= 3600:
+            bad(f"{where}.{k}", f"{v!r} is not a number of seconds in 0.05..3600")
+            v = 1.0
+        times[k] = float(v)
+    rise = _int(spec.get("rise", 2), 1, 100, f"{where}.rise", "probes", bad)
+    fall = _int(spec.get("fall", 2), 1, 100, f"{where}.fall", "probes", bad)
+    return HealthCheck(check, times["interval"], times["timeout"], rise, fall)
 
 
 # -- validation --------------------------------------------------------------------
@@ -384,7 +502,7 @@ def _problems(topo: Topology) -> Iterator[str]:
             seen_ep[ep] = f"links[{i}]"
             if ep.ifname == "lo":
                 yield f"links[{i}]: {ep}: 'lo' cannot be a link end"
-            elif not _IFNAME.match(ep.ifname):
+            elif not IFNAME.match(ep.ifname):
                 yield (
                     f"links[{i}]: interface name {ep.ifname!r} of {ep.node}: 1-15 chars of "
                     "A-Z a-z 0-9 _ . -, starting with a letter"
@@ -428,6 +546,10 @@ def _problems(topo: Topology) -> Iterator[str]:
         for rs in s.real_servers:
             if rs not in topo.nodes:
                 yield f"{where}.real_servers: unknown node '{rs}'"
+        if len(s.real_servers) > MAX_RS:
+            yield f"{where}.real_servers: {len(s.real_servers)} real servers, at most {MAX_RS} per service"
+        if s.health and s.health.check == "tcp" and "tcp" not in s.protocols:
+            yield f"{where}.health: a tcp check needs a tcp service; use check: ping"
         for port in (s.port, s.rs_port):
             if not 1 <= port <= 65535:
                 yield f"{where}: port {port} out of range 1-65535"

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES="
   make gcc libc6-dev python3-venv
-  iproute2 iputils-ping tcpdump ethtool netcat-openbsd procps kmod
+  iproute2 iputils-ping tcpdump tshark ethtool netcat-openbsd procps kmod iperf3 graphviz
   clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool
   linux-headers-amd64 dwarves
   qemu-system-x86 busybox-static xz-utils lz4 cpio util-linux

@@ -8,6 +8,7 @@ import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,14 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "extended: make test-extended, not make test (CI runs both): the VM engine's failure "
+        "modes and flavours, the module load/unload soak",
+    )
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--kernels",
         default=os.environ.get("TOALAB_KERNELS", ""),
         help="VM kernels for the suites that run per kernel: a comma list of series[-flavour] or "
-        "releases, or 'all' (every series x flavour in images/kernel.toml).  Default: the module "
-        "and BPF suites on the default kernel and kernel.toml's other series, the whole path on "
-        "the default kernel.  Also $TOALAB_KERNELS.",
+        "releases, 'all' (every series x flavour in images/kernel.toml) or 'other' (the module "
+        "and BPF suites on kernel.toml's series besides the default).  Default: the default "
+        "kernel.  Also $TOALAB_KERNELS.",
     )
     parser.addoption(
         "--kernel-report",
@@ -70,12 +79,15 @@ def kernel_axis(config: pytest.Config, *, wide: bool) -> list[str]:
 
     cfg = kernels.config()
     opt = str(config.getoption("--kernels") or "").strip()
+    default = os.environ.get("TOALAB_KERNEL") or cfg.default
     if opt == "all":
         return [f"{s}-{f}" for s in cfg.series for f in cfg.flavours]
+    if opt == "other":  # make test-extended: the series tested besides the default
+        return [s for s in cfg.other if s != default] if wide else []
     if opt:
         return [k.strip() for k in opt.split(",") if k.strip()]
-    default = os.environ.get("TOALAB_KERNEL") or cfg.default
-    return [default, *(s for s in cfg.other if s != default)] if wide else [default]
+    # make test: the default kernel; the other series are make test-extended's (CI runs both)
+    return [default]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -126,3 +138,18 @@ def fullnat4(lab_name: str) -> Iterator[Lab]:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def listeners(lab: Lab, nodes: tuple[str, ...] = ("rs1", "rs2"), port: int = 8080) -> list[Any]:
+    """nc listening on `port` of each node, returned once the lb node reaches every one."""
+    import time
+
+    jobs = [lab.spawn(n, ["nc", "-l", "-k", str(port)]) for n in nodes]
+    assert lab.topology is not None
+    for n in nodes:
+        rip = str(lab.topology.node(n).address(4))
+        deadline = time.monotonic() + 30
+        while lab.exec("lb", ["nc", "-z", "-w", "1", rip, str(port)]).returncode != 0:
+            assert time.monotonic() < deadline, f"nobody listens on {n} {rip}:{port}"
+            time.sleep(0.05)
+    return jobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -163,17 +164,77 @@ def test_killed_up_is_cleaned_by_down_all(lab_name: str) -> None:
 def test_ctrl_c_during_up_removes_everything(lab_name: str) -> None:
     needs_root()
     env = dict(os.environ, TOALAB_FAILPOINT="stall:25")
+    # SIGINT as a terminal's foreground job has it, even when this suite runs as a
+    # background job of a shell without job control (which starts it ignored)
     proc = subprocess.Popen(
         [*TOALAB, "up", str(TOPOLOGIES / "fullnat-4to4.yaml"), "--name", lab_name],
         env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 20
-    while len(netns.listing(f"toalab-{lab_name}-")) < 5:
-        assert time.monotonic() < deadline
+    # Ctrl-C while up is stalled at its failpoint, halfway through the build
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, deadline = b"", time.monotonic() + 30
+    while b"failpoint: stalled" not in seen:
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        with contextlib.suppress(BlockingIOError):
+            seen += os.read(proc.stderr.fileno(), 4096)
         time.sleep(0.05)
+    assert len(netns.listing(f"toalab-{lab_name}-")) >= 5
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130
     assert "interrupted" in err
     assert netns.listing(f"toalab-{lab_name}-") == []
     assert not LabRecord.path_for(lab_name).exists()
+
+
+def test_down_ends_what_runs_in_the_lab(lab_name: str) -> None:
+    """A daemon left in a node (iperf3 -D, as the README's users start it) ends with
+    the lab's down, and the namespaces go with it; nothing else is touched."""
+    needs_root()
+    outside = subprocess.Popen(["sleep", "60"])
+    try:
+        assert cli("up", str(TOPOLOGIES / "fullnat-4to4.yaml"), "--name", lab_name).returncode == 0
+        r = cli("exec", "-L", lab_name, "rs1", "--", "iperf3", "-s", "-p", "8080", "-D")
+        assert r.returncode == 0, r.stderr
+        inside = netns.pids([f"toalab-{lab_name}-rs1"])
+        assert inside, "the daemon is not in rs1"
+        assert cli("down", lab_name).returncode == 0
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{pid}").exists() for pid in inside):  # init reaps them
+            assert time.monotonic() < deadline, "the daemon outlived its lab"
+            time.sleep(0.05)
+        assert netns.listing(f"toalab-{lab_name}-") == []
+        assert outside.poll() is None, "a process outside the lab was signalled"
+    finally:
+        outside.kill()
+        outside.wait()
+
+
+def test_a_forged_lab_record_is_refused_not_acted_on() -> None:
+    """What a record on disk names reaches ip netns, rm -rf and kill: a record whose
+    namespaces are not its lab's, whose name is not its file's, or whose VM name is a
+    path is corrupt, and down --all leaves what it names alone."""
+    from lab.engines import LabRecord
+
+    cases = {
+        "forged1": {"namespaces": {"client": "some-other-netns"}},
+        "forged2": {"name": "../../etc"},
+        "forged3": {"engine_data": {"vm": "../../../home"}},
+    }
+    for name, bad in cases.items():
+        rec = {"name": name, "engine": "host", "topology": "t", "roles": {"client": "client"},
+               "namespaces": {"client": f"toalab-{name}-client"}, **bad}  # fmt: skip
+        LabRecord.path_for(name).parent.mkdir(parents=True, exist_ok=True)
+        LabRecord.path_for(name).write_text(json.dumps(rec))
+        try:
+            with pytest.raises(LabError, match="corrupt lab record"):
+                LabRecord.load(name)
+            assert name not in [r.name for r in LabRecord.all()]
+        finally:
+            if name == "forged3":  # the last: down --all removes the records, nothing they name
+                r = cli("down", "--all")
+                assert r.returncode == 0 and "corrupt record forged1.json" in r.stdout, r.stdout + r.stderr
+                assert Path("/etc").is_dir() and Path("/home").is_dir()
+    assert not any(LabRecord.path_for(n).exists() for n in cases)

@@ -182,12 +182,17 @@ def test_fullnat_lab_in_a_shared_guest(vm: VMSession, lab_name: str) -> None:
         job = lab.spawn("rs1", ["sleep", "60"])
         assert job.running
         job.terminate()
+        # a daemon left behind in a node: down ends it
+        lab.exec("rs2", ["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 < /dev/null &"]).check()
+        assert vm.run(["pgrep", "-x", "sleep"]).returncode == 0
+    assert vm.run(["pgrep", "-x", "sleep"]).returncode == 1, "a process of the lab outlived its down"
     left = vm.run(["ip", "netns", "list"]).stdout
     assert f"toalab-{lab_name}-" not in left
     assert not LabRecord.path_for(lab_name).exists()
     assert vm.run(["true"]).returncode == 0  # the guest outlived the lab
 
 
+@pytest.mark.extended
 def test_cloud_flavour_self_contained_guest(tmp_path: Path) -> None:
     """The cloud kernel has no 9p: a self-contained initramfs, files over the channel."""
     release = kernels.resolve(flavour="cloud").release
@@ -220,6 +225,7 @@ def test_accel_choice_is_cached_and_forcible() -> None:
 
 
 # -- how guests end ---------------------------------------------------------------------------
+@pytest.mark.extended
 def test_guest_panic_is_reported_with_the_console_log() -> None:
     vm = VMSession(progress=None).start()
     qemu = vm.info["qemu_pid"]
@@ -236,6 +242,7 @@ def test_guest_panic_is_reported_with_the_console_log() -> None:
     assert _wait_dead(qemu)
 
 
+@pytest.mark.extended
 def test_a_boot_panic_boots_once_more_then_fails_with_both_logs() -> None:
     """A guest that panics while booting (here: no init to run) is booted a second
     time, as a TCG boot-time fault would warrant; a second panic is the error, and
@@ -249,6 +256,7 @@ def test_a_boot_panic_boots_once_more_then_fails_with_both_logs() -> None:
     assert supervisor_alive(vm.rundir) is None
 
 
+@pytest.mark.extended
 def test_guest_hang_is_detected() -> None:
     vm = VMSession(progress=None, hang_timeout=3).start()
     qemu = vm.info["qemu_pid"]
@@ -265,6 +273,7 @@ def test_guest_hang_is_detected() -> None:
     assert _wait_dead(qemu)
 
 
+@pytest.mark.extended
 def test_boot_timeout_names_the_console_log() -> None:
     vm = VMSession(progress=None, boot_timeout=0.3)
     with pytest.raises(VMError, match=r"not ready within 0.3 s .*; console log: /.*console.log"):
@@ -288,6 +297,7 @@ def test_cli_vm_run_prints_output_and_exit_code() -> None:
     assert "oops" in p.stderr
 
 
+@pytest.mark.extended
 def test_cli_vm_run_ctrl_c_leaves_no_qemu() -> None:
     p = subprocess.Popen(
         [sys.executable, "-m", "lab", "vm", "run", "--", "sleep", "100"],
@@ -305,6 +315,7 @@ def test_cli_vm_run_ctrl_c_leaves_no_qemu() -> None:
     assert _wait_dead(state["qemu_pid"]) and _wait_dead(state["supervisor_pid"])
 
 
+@pytest.mark.extended
 def test_owner_killed_leaves_no_qemu() -> None:
     code = "from lab.vm import VMSession; import time; VMSession(progress=None).start(); time.sleep(300)"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV)

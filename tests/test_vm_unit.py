@@ -97,3 +97,34 @@ def test_cpio_archive_is_readable_by_cpio(tmp_path: Path) -> None:
         ["cpio", "-itv", "-F", str(tmp_path / "a.cpio")], capture_output=True, text=True, check=True
     ).stdout
     assert "bin/hello" in out and "bin/sh -> busybox" in out and out.count("\n") == 4
+
+
+def test_a_stale_vm_state_whose_pid_was_reused_is_not_signalled(tmp_path: Path) -> None:
+    """A supervisor that died left its state file; its pid now belongs to an
+    unrelated process (here: a sleep of ours).  The state does not name that
+    process (its start time differs), so nothing stops or signals it."""
+    import json
+    import os
+
+    from lab.engines.base import start_time
+    from lab.vm.session import VMSession, supervisor_alive
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        born = start_time(other.pid) or 0
+        state = {"state": "ready", "supervisor_pid": other.pid, "supervisor_start": born - 1}
+        (tmp_path / "state.json").write_text(json.dumps(state))
+        assert supervisor_alive(tmp_path) is None
+        state["supervisor_start"] = start_time(other.pid)
+        (tmp_path / "state.json").write_text(json.dumps(state))
+        assert supervisor_alive(tmp_path) is not None  # the same process: it is the one named
+        stale = dict(state, supervisor_start=None)
+        (tmp_path / "state.json").write_text(json.dumps(stale))  # a file from before start times
+        session = VMSession.__new__(VMSession)
+        session.channel, session._sup, session.rundir = None, None, tmp_path
+        session.stop()
+        assert other.poll() is None, "an unrelated process was signalled"
+        os.kill(other.pid, 0)
+    finally:
+        other.kill()
+        other.wait()

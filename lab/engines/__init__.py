@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from lab.engines.base import Engine, ExecResult, Job, LabRecord
+from lab.engines.base import Engine, ExecResult, Job, LabRecord, start_helper, stop_helpers
 from lab.errors import LabError
 
 ENGINES = {
@@ -12,7 +12,9 @@ ENGINES = {
     "vm": "lab.engines.vm:VMEngine",
 }
 
-__all__ = ["ENGINES", "Engine", "ExecResult", "Job", "LabRecord", "engine_class"]
+__all__ = [
+    "ENGINES", "Engine", "ExecResult", "Job", "LabRecord", "engine_class", "start_helper", "stop_helpers",
+]  # fmt: skip
 
 
 def engine_class(kind: str) -> type[Engine]:

@@ -12,10 +12,11 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, BinaryIO
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -122,6 +123,8 @@ class HostEngine(Engine):
                 s.ipr.close()
 
     def down(self) -> None:
+        # what runs inside (a server left in the background) would keep the namespaces alive
+        netns.end_processes(list(self.record.namespaces.values()))
         for ns in self.record.namespaces.values():
             netns.remove(ns)
         programs.teardown(self.kernel(), self.name)
@@ -130,7 +133,9 @@ class HostEngine(Engine):
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:
         removed = []
-        for ns in netns.listing(NS_PREFIX):
+        left = netns.listing(NS_PREFIX)
+        netns.end_processes(left)
+        for ns in left:
             netns.remove(ns)
             removed.append(ns)
         return removed + programs.teardown_all(KernelHandle())
@@ -162,6 +167,14 @@ class HostEngine(Engine):
     def run_interactive(self, node: str, argv: Sequence[str]) -> int:
         return subprocess.call(self._argv(node, argv))
 
+    def stream(self, node: str, argv: Sequence[str], out: BinaryIO) -> int:
+        proc = subprocess.Popen(self._argv(node, argv), stdin=subprocess.DEVNULL, stdout=out)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to the program as well
+            proc.send_signal(signal.SIGINT)
+            return proc.wait()
+
     def shell(self, node: str) -> int:
         env = dict(os.environ, PS1=f"[{self.name}:{node}] \\w# ")
         return subprocess.call(
@@ -179,6 +192,7 @@ def _failpoint() -> tuple[str, int] | None:
 def _trip(kind: str, n: int) -> None:
     if kind == "fail":
         raise LabError(f"failpoint: build stopped at operation {n}")
+    print(f"toalab: failpoint: stalled at operation {n}", file=sys.stderr, flush=True)
     while True:  # stall until killed
         time.sleep(3600)
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 from lab import programs
 from lab.engines.base import Engine, ExecResult, LabRecord
@@ -147,24 +150,26 @@ class VMEngine(Engine):
                 self._vm = None
             elif vm_alive:
                 VMSession(self.vm_name, persistent=True, progress=None).stop()
+            # the VM's sockets, spec and console log go with it (its results stay)
+            shutil.rmtree(rundir_for(self.vm_name), ignore_errors=True)
         else:
             self.close()
         self.record.forget()
 
     @classmethod
     def cleanup_leftovers(cls) -> list[str]:
-        """Stop lab VMs whose lab record is gone."""
+        """Stop lab VMs whose lab record is gone, and remove their run directories."""
         removed = []
         root = run_root()
         if not root.is_dir():
             return removed
         for d in sorted(root.iterdir()):
-            if not d.name.startswith(VM_PREFIX) or supervisor_alive(d) is None:
+            if not d.name.startswith(VM_PREFIX) or LabRecord.path_for(d.name[len(VM_PREFIX) :]).exists():
                 continue
-            if LabRecord.path_for(d.name[len(VM_PREFIX) :]).exists():
-                continue
-            VMSession(d.name, persistent=True, progress=None).stop()
-            removed.append(f"vm {d.name}")
+            if supervisor_alive(d) is not None:
+                VMSession(d.name, persistent=True, progress=None).stop()
+                removed.append(f"vm {d.name}")
+            shutil.rmtree(d, ignore_errors=True)
         return removed
 
     # -- running programs -------------------------------------------------------------------
@@ -190,6 +195,23 @@ class VMEngine(Engine):
         if not argv:
             raise LabError("no command given (use: toalab exec NODE -- CMD ...)")
         code = self.vm().interactive(argv, netns=self.record.ns(node))
+        return 128 - code if code < 0 else code
+
+    def stream(self, node: str, argv: Sequence[str], out: BinaryIO) -> int:
+        def to_out(b: bytes) -> None:
+            out.write(b)
+            out.flush()
+
+        def to_err(b: bytes) -> None:
+            sys.stderr.buffer.write(b)
+            sys.stderr.buffer.flush()
+
+        job = self.vm().spawn(argv, netns=self.record.ns(node), on_stdout=to_out, on_stderr=to_err)
+        try:
+            code = job.wait()
+        except KeyboardInterrupt:
+            job.signal(signal.SIGINT)
+            code = job.wait()
         return 128 - code if code < 0 else code
 
     def shell(self, node: str) -> int:

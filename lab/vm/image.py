@@ -27,7 +27,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.progress import Ticker, finish
 from lab.vm import kernels
 from lab.vm.config import IMAGES, build_dir
 from lab.vm.kernels import Kernel
@@ -63,8 +63,13 @@ BUNDLE_MODULES = (
 Progress = Callable[[str], None]
 
 
-def _stderr_progress(msg: str) -> None:
-    print(f"toalab vm: {msg}", file=sys.stderr, flush=True)
+TERMINAL = "terminal"  # progress="terminal": a status line on a terminal, nothing in a log (lab/progress.py)
+
+
+def _progress(progress: Progress | str | None) -> Progress:
+    if progress == TERMINAL:
+        return Ticker(prefix="toalab vm")
+    return progress or (lambda _m: None)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,10 @@ class ImageBuilder:
         *,
         flavour: str | None = None,
         build: Path | None = None,
-        progress: Progress | None = _stderr_progress,
+        progress: Progress | str | None = TERMINAL,
     ) -> None:
         self.build_root = build or build_dir()
-        self.progress = progress or (lambda _m: None)
+        self.progress = _progress(progress)
         self.request = kernel
         self.flavour = flavour
         if isinstance(kernel, Kernel):
@@ -143,6 +148,7 @@ class ImageBuilder:
             img = self.image()
             self._agent(img)
             self._initramfs(img)
+        finish(self.progress)
         return img
 
     # -- stage: kernel packages -------------------------------------------------------

@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from lab.errors import LabError
 from lab.kernel import ExecResult, KernelHandle
+from lab.progress import finish
 from lab.vm import accel as accel_mod
 from lab.vm.client import Channel, OutputCallback, RemoteJob, VMError
 from lab.vm.config import REPO, build_dir
-from lab.vm.image import ImageBuilder, Progress, _stderr_progress
+from lab.vm.image import TERMINAL, ImageBuilder, Progress, _progress
 from lab.vm.kernels import Kernel
 from lab.vm.qemu import QemuConfig
 from lab.vm.supervisor import SupervisorSpec
@@ -68,6 +69,11 @@ def supervisor_alive(rundir: Path) -> dict[str, Any] | None:
         return None
     pid = state.get("supervisor_pid")
     if not pid or state.get("state") in ("dead", "stopped") or not _pid_alive(pid):
+        return None
+    # a stale state file whose pid another process has since taken is not ours to signal
+    from lab.engines.base import start_time  # the engines import this module
+
+    if start_time(pid) != state.get("supervisor_start"):
         return None
     return dict(state)
 
@@ -105,13 +111,13 @@ class VMSession:
         name: str | None = None,
         *,
         persistent: bool = False,
-        progress: Progress | None = _stderr_progress,
+        progress: Progress | str | None = TERMINAL,
         **options: Any,
     ) -> None:
         self.name = name or f"s-{os.getpid()}-{secrets.token_hex(2)}"
         self.persistent = persistent
         self.options = VMOptions(**options)
-        self.progress = progress or (lambda _m: None)
+        self.progress = _progress(progress)
         self.rundir = rundir_for(self.name)
         self.channel: Channel | None = None
         self.info: dict[str, Any] = {}
@@ -194,6 +200,7 @@ class VMSession:
                 self.timings["boot_retries"] = 1
         self.timings["boot_to_ready_s"] = round(time.monotonic() - t_launch, 3)
         self.timings["total_s"] = round(time.monotonic() - t0, 3)
+        finish(self.progress)
         return self
 
     def _launch(self, spec_path: Path, env: dict[str, str], boot_timeout: float) -> None:
@@ -552,7 +559,7 @@ def _prune(root: Path, keep: int = KEEP_SESSION_DIRS) -> None:
     if not root.is_dir():
         return
     dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and d.name.startswith("s-")),
+        (d for d in root.iterdir() if d.is_dir() and d.name.startswith(("s-", "pt-"))),
         key=lambda d: d.stat().st_mtime,
     )
     for d in dirs[:-keep] if len(dirs) > keep else []:

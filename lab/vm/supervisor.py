@@ -470,6 +470,7 @@ class Supervisor:
             "release": self.hello.get("release", s.release),
             "kernel_version": self.hello.get("version"),
             "supervisor_pid": os.getpid(),
+            "supervisor_start": _start_time(os.getpid()),
             "qemu_pid": self.proc.pid if self.proc else None,
             "started": self.t_start,
             "ready_s": round(self.t_ready - self.t_start, 3) if self.t_ready else None,
@@ -489,6 +490,12 @@ class Supervisor:
         tmp = f.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._status(), indent=1))
         tmp.replace(f)
+
+
+def _start_time(pid: int) -> int | None:
+    from lab.engines.base import start_time  # the engines import the VM package
+
+    return start_time(pid)
 
 
 def main(argv: list[str]) -> int:
