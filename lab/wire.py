@@ -34,7 +34,13 @@ Form = Literal["ipv4", "ipv6"]
 
 
 class WireError(ValueError):
-    """A byte string that is not a well-formed TOA/UOA option."""
+    """A byte string that is not a well-formed TOA/UOA option.  `kind` names the
+    reason as the modules count it (enum toa_opt_err): truncated, type, length,
+    operation, hdrlen; or other."""
+
+    def __init__(self, msg: str, kind: str = "other") -> None:
+        super().__init__(msg)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -95,19 +101,22 @@ def _addrs(data: bytes, inner: int) -> tuple[IpAddr, IpAddr]:
 def unpack_ipv4(data: bytes) -> AddrOption:
     """Parse one IPv4-form option starting at data[0]; extra bytes after it are ignored."""
     if len(data) < 2:
-        raise WireError(f"truncated: {len(data)} bytes, an option needs at least 2")
+        raise WireError(f"truncated: {len(data)} bytes, an option needs at least 2", "truncated")
     if data[0] != IPV4_OPTION_TYPE:
-        raise WireError(f"wrong type {data[0]}: the address option is type {IPV4_OPTION_TYPE}")
+        raise WireError(f"wrong type {data[0]}: the address option is type {IPV4_OPTION_TYPE}", "type")
     length = data[1]
     if length not in (LEN_INNER4, LEN_INNER6):
-        raise WireError(f"bad length {length}: must be {LEN_INNER4} (IPv4 inside) or {LEN_INNER6} (IPv6)")
+        raise WireError(
+            f"bad length {length}: must be {LEN_INNER4} (IPv4 inside) or {LEN_INNER6} (IPv6)", "length"
+        )
     if len(data) < length:
-        raise WireError(f"truncated: length says {length} bytes, {len(data)} present")
+        raise WireError(f"truncated: length says {length} bytes, {len(data)} present", "truncated")
     inner = 6 if length == LEN_INNER6 else 4
     if bool(data[2] & OP_INNER_IPV6) != (inner == 6):
         raise WireError(
             f"operation 0x{data[2]:02x} says IPv{6 if data[2] & OP_INNER_IPV6 else 4} inside "
-            f"but length {length} is for IPv{inner}"
+            f"but length {length} is for IPv{inner}",
+            "operation",
         )
     cport, vport = struct.unpack_from("!HH", data, 4)
     cip, vip = _addrs(data, inner)
@@ -117,20 +126,24 @@ def unpack_ipv4(data: bytes) -> AddrOption:
 def unpack_ipv6(data: bytes) -> tuple[AddrOption, int]:
     """Parse a whole Destination Options header; returns (option, next header)."""
     if len(data) < 4:
-        raise WireError(f"truncated: {len(data)} bytes, a destination options header needs 4")
+        raise WireError(f"truncated: {len(data)} bytes, a destination options header needs 4", "truncated")
     total = (data[1] + 1) * 8
     if len(data) < total:
-        raise WireError(f"truncated: hdr ext len {data[1]} means {total} bytes, {len(data)} present")
+        raise WireError(
+            f"truncated: hdr ext len {data[1]} means {total} bytes, {len(data)} present", "truncated"
+        )
     if data[2] != IPV6_HEADER_OPTION:
-        raise WireError(f"wrong option type {data[2]}: the address option is type {IPV6_HEADER_OPTION}")
+        raise WireError(
+            f"wrong option type {data[2]}: the address option is type {IPV6_HEADER_OPTION}", "type"
+        )
     optlen = data[3]
     inner = {12: 4, 36: 6}.get(optlen)
     if inner is None:
-        raise WireError(f"bad option length {optlen}: must be 12 (IPv4 inside) or 36 (IPv6)")
+        raise WireError(f"bad option length {optlen}: must be 12 (IPv4 inside) or 36 (IPv6)", "length")
     if data[1] != DSTOPT_HDRLEN[inner]:
         raise WireError(
-            f"hdr ext len {data[1]} does not match option length {optlen} "
-            f"(expected {DSTOPT_HDRLEN[inner]})"
+            f"hdr ext len {data[1]} does not match option length {optlen} (expected {DSTOPT_HDRLEN[inner]})",
+            "hdrlen",
         )
     cport, vport = struct.unpack_from("!HH", data, 4)
     cip, vip = _addrs(data, inner)
