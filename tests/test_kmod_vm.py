@@ -630,9 +630,13 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
         entries = kmod.stats(rig.vm, "toa")["entries"]
         assert entries >= 1, f"expected the live connection to hold a toa entry, saw entries {entries}"
         ko = {m: art.module(m) for m in kmod.MODULES}
+        # a lookup in progress holds the module (nf_sockopt takes a reference): rmmod
+        # says busy and is tried again, as an operator would; 1 s of that is a failure
         cycles = rig.vm.sh(
+            "unload() { n=0; until rmmod $1 2>/dev/null; do n=$((n+1)); "
+            "[ $n -lt 50 ] || { rmmod $1; return 1; }; sleep 0.02; done; }; "
             f"set -e; for i in $(seq {CYCLES}); do sleep 0.4; "
-            f"rmmod toa; rmmod uoa; sleep 0.2; insmod {ko['toa']}; insmod {ko['uoa']}; "
+            f"unload toa; unload uoa; sleep 0.2; insmod {ko['toa']}; insmod {ko['uoa']}; "
             "echo cycle-$i; done",
             timeout=600,
         )  # fmt: skip

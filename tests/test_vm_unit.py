@@ -128,3 +128,25 @@ def test_a_stale_vm_state_whose_pid_was_reused_is_not_signalled(tmp_path: Path) 
     finally:
         other.kill()
         other.wait()
+
+
+def _qemu_accel(**kw: object) -> list[str]:
+    from lab.vm.image import Image
+    from lab.vm.kernels import Kernel
+    from lab.vm.qemu import QemuConfig
+
+    root = Path("/nonexistent-toalab-image")
+    img = Image(Kernel("6.1", "generic", "6.1.0-57", "amd64", "6.1.192-3"), root, root / "vmlinux",
+                root / "initramfs.cpio", root / "agent")  # fmt: skip
+    argv = QemuConfig(image=img, **kw).argv(ctl_sock=Path("/c"), con_sock=Path("/s"))  # type: ignore[arg-type]
+    i = argv.index("-accel")
+    return argv[i + 1 : i + 2]
+
+
+def test_tcg_runs_single_threaded_unless_asked() -> None:
+    """Multi-threaded TCG corrupts the guest's live code patching (lab/vm/qemu.py)."""
+    assert _qemu_accel(accel="tcg") == ["tcg,thread=single"]
+    assert _qemu_accel(accel="tcg", tcg_thread="multi") == ["tcg,thread=multi"]
+    assert _qemu_accel(accel="kvm") == ["kvm"]
+    with pytest.raises(LabError, match=r"TCG thread mode 'many'.*single, multi"):
+        _qemu_accel(accel="tcg", tcg_thread="many")

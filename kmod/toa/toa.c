@@ -585,24 +585,6 @@ static int toa_inet6_getname(struct socket *sock, struct sockaddr *uaddr,
 	return toa_getname_wrap(&toa_hooks[1], AF_INET6, sock, uaddr, peer);
 }
 
-/*
- * The fentry call site of @name (its first instruction, or the one after
- * an ENDBR), or 0.  kallsyms_lookup_name() is not exported: a transient
- * kprobe resolves the name, and says whether its address is that site.
- */
-static unsigned long toa_resolve(const char *name)
-{
-	struct kprobe kp = { .symbol_name = name };
-	unsigned long addr = 0;
-
-	if (register_kprobe(&kp))
-		return 0;
-	if (kprobe_ftrace(&kp))
-		addr = (unsigned long)kp.addr;
-	unregister_kprobe(&kp);
-	return addr;
-}
-
 static void toa_unregister_hooks(void)
 {
 	unsigned int i;
@@ -632,7 +614,13 @@ static int toa_register_hooks(void)
 
 	for (i = 0; i < ARRAY_SIZE(toa_hooks); i++) {
 		struct toa_hook *h = &toa_hooks[i];
-		unsigned long addr = toa_resolve(h->name);
+		/*
+		 * From the exported symbol (toa_compat.h), not a transient
+		 * kprobe (kallsyms_lookup_name is not exported): that patched
+		 * both sites twice more on every load, for nothing.
+		 * ftrace_set_filter_ip() refuses an address that is no site.
+		 */
+		unsigned long addr = toa_fentry_site((unsigned long)h->exported);
 
 		if (!addr) {
 			pr_err("not loading: %s has no ftrace call site at its entry\n",

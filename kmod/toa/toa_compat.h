@@ -22,6 +22,7 @@
 #include <linux/ftrace.h>
 #include <linux/kprobes.h>
 #include <linux/net.h>
+#include <linux/string.h>
 #include <net/inet_common.h>
 #include <net/ipv6.h>
 #include <net/tcp.h>
@@ -91,6 +92,26 @@ static inline toa_getname_t toa_getname_orig(unsigned long site,
 	if (toa_ibt_enforced())
 		return exported;
 	return (toa_getname_t)(site + MCOUNT_INSN_SIZE);
+}
+
+/*
+ * The fentry call site of the function at @fn, or 0 where there is none:
+ * its first instruction, or the one after an ENDBR64 (f3 0f 1e fa, the
+ * first instruction of every indirectly called function on IBT kernels).
+ * The site holds the 5-byte NOP ftrace leaves there, a call while some
+ * tracer uses it, or an int3 while one is being patched in.
+ */
+static inline unsigned long toa_fentry_site(unsigned long fn)
+{
+	static const u8 endbr64[] = { 0xf3, 0x0f, 0x1e, 0xfa };
+	static const u8 nop5[] = { 0x0f, 0x1f, 0x44, 0x00, 0x00 };
+	const u8 *p = (const u8 *)fn;
+
+	if (!memcmp(p, endbr64, sizeof(endbr64)))
+		p += sizeof(endbr64);
+	if (memcmp(p, nop5, sizeof(nop5)) && p[0] != 0xe8 && p[0] != 0xcc)
+		return 0;
+	return (unsigned long)p;
 }
 
 #endif /* _TOA_COMPAT_H */

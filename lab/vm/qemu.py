@@ -33,6 +33,9 @@ def qemu_binary() -> str:
     return path
 
 
+TCG_THREADS = ("single", "multi")
+
+
 @dataclass
 class QemuConfig:
     image: Image
@@ -45,6 +48,16 @@ class QemuConfig:
     # PCI probing) but its TSC calibration against the PIT fails on a loaded
     # host and the guest then hangs early; pc is the robust choice.
     machine: str = "pc"
+    # TCG in one host thread for all vCPUs ("single") or one each ("multi").
+    # Multi-threaded TCG in this QEMU (7.2) breaks the kernel's live code
+    # patching: a kprobe enabled on a function other CPUs are running
+    # (text_poke_bp, as every kprobe, ftrace hook and static key does) now
+    # and then leaves a CPU executing stale bytes, and the guest dies with
+    # RIP 0 or an unclaimed int3.  It takes seconds of toggling a tracefs
+    # kprobe on tcp_v4_destroy_sock under TCP traffic, no module of ours
+    # loaded; single-threaded TCG ran the same for minutes cleanly
+    # (kmod/README.md, "Guests under TCG").
+    tcg_thread: str = "single"
 
     def argv(self, *, ctl_sock: Path, con_sock: Path) -> list[str]:
         img = self.image
@@ -57,7 +70,13 @@ class QemuConfig:
         for p in (img.root, self.results):
             if p is not None and any(c.isspace() for c in str(p)):
                 raise LabError(f"{p}: the VM engine cannot use paths with spaces")
-        accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg"]
+        if self.tcg_thread not in TCG_THREADS:
+            modes = ", ".join(TCG_THREADS)
+            raise LabError(f"TCG thread mode '{self.tcg_thread}' (TOALAB_TCG_THREAD): use one of {modes}")
+        if self.accel == "kvm":
+            accel = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            accel = ["-accel", f"tcg,thread={self.tcg_thread}"]
         mmio = self.machine == "microvm"
         if mmio:
             # no PCI, no firmware: PVH straight into the kernel, ACPI only for

@@ -102,6 +102,8 @@ class VMOptions:
     boot_timeout: float | None = None
     hang_timeout: float = HANG_TIMEOUT
     extra_cmdline: str = ""
+    # TCG's thread mode (lab/vm/qemu.py: why single); None: $TOALAB_TCG_THREAD or single
+    tcg_thread: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,6 +156,7 @@ class VMSession:
             cpus=opts.cpus,
             results=results,
             extra_cmdline=opts.extra_cmdline,
+            tcg_thread=opts.tcg_thread or os.environ.get("TOALAB_TCG_THREAD") or "single",
         )
         boot_timeout = opts.boot_timeout or BOOT_TIMEOUT[accel]
         spec = SupervisorSpec(
