@@ -599,11 +599,9 @@ def test_option_31_among_other_ipv4_options(rig: Rig, before: str) -> None:
 
 
 # -- load / unload under traffic ----------------------------------------------------------------
-CYCLES = 100  # make test-extended only
-
-
-@pytest.mark.extended
-def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None:
+# make test runs the short soak, make test-extended the long one (about 2.3 s per cycle)
+@pytest.mark.parametrize("cycles", [20, pytest.param(100, marks=pytest.mark.extended)])
+def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig, cycles: int) -> None:
     rig.ensure(toa=True, uoa=True)
     lab, art = rig.labs[4], rig.art
     c, v = OPT[4]
@@ -632,16 +630,16 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
         ko = {m: art.module(m) for m in kmod.MODULES}
         # a lookup in progress holds the module (nf_sockopt takes a reference): rmmod
         # says busy and is tried again, as an operator would; 1 s of that is a failure
-        cycles = rig.vm.sh(
+        run = rig.vm.sh(
             "unload() { n=0; until rmmod $1 2>/dev/null; do n=$((n+1)); "
             "[ $n -lt 50 ] || { rmmod $1; return 1; }; sleep 0.02; done; }; "
-            f"set -e; for i in $(seq {CYCLES}); do sleep 0.4; "
+            f"set -e; for i in $(seq {cycles}); do sleep 0.4; "
             f"unload toa; unload uoa; sleep 0.2; insmod {ko['toa']}; insmod {ko['uoa']}; "
             "echo cycle-$i; done",
             timeout=600,
         )  # fmt: skip
-        expect("insmod/rmmod cycles (exit, errors)", (cycles.returncode, cycles.stderr), (0, ""))
-        expect("cycles done", cycles.stdout.split(), [f"cycle-{i}" for i in range(1, CYCLES + 1)])
+        expect("insmod/rmmod cycles (exit, errors)", (run.returncode, run.stderr), (0, ""))
+        expect("cycles done", run.stdout.split(), [f"cycle-{i}" for i in range(1, cycles + 1)])
         expect("live client exit", live.wait(30), 0)
         done = [e for e in traffic.events(live.output()[0]) if e.get("event") == "done"]
         expect("live connection survived rmmod (client's done event)", done, [{"event": "done",
@@ -654,8 +652,8 @@ def test_insmod_rmmod_cycles_with_live_connections_and_traffic(rig: Rig) -> None
         expect("traffic loop exit", load.wait(30), 0)
         out = load.output()[0].split()
         tcp_ok, udp_ok = out.count("tcp-ok"), out.count("udp-ok")
-        assert tcp_ok >= CYCLES // 5 and udp_ok >= CYCLES // 5, (
-            f"expected traffic to flow through the cycles (>= {CYCLES // 5} TCP and UDP exchanges each), "
+        assert tcp_ok >= cycles // 5 and udp_ok >= cycles // 5, (
+            f"expected traffic to flow through the cycles (>= {cycles // 5} TCP and UDP exchanges each), "
             f"saw {tcp_ok} TCP and {udp_ok} UDP"
         )
     finally:
