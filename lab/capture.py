@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,8 +27,14 @@ class Capture:
     (any host path for the host engine).
     """
 
-    def __init__(self, lab: Lab, node: str, ifname: str, path: str | Path, bpf_filter: str = "") -> None:
+    def __init__(self, lab: Lab, node: str, ifname: str, path: str | Path, bpf_filter: str = "",
+                 *, buffer_kib: int | None = None, snaplen: int = 0) -> None:  # fmt: skip
         self.lab = lab
+        # tcpdump's ring (-B): libpcap sizes its slots for the largest frame the
+        # interface may hand it (64 KiB on a veth with offloads), so the default
+        # 2 MiB holds only a few dozen frames before the kernel drops some
+        self.buffer_kib = buffer_kib
+        self.snaplen = snaplen  # 0: whole frames
         self.node = node
         self.ifname = ifname
         self.path = Path(path)
@@ -42,8 +49,10 @@ class Capture:
     def start(self) -> None:
         # -Z root: Debian's tcpdump otherwise drops to a user that cannot write
         # the pcap; --immediate-mode: no 1 s block timeout holding packets back
-        argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
+        argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", str(self.snaplen)]
         argv += ["-i", self.ifname, "-w", str(self.path)]
+        if self.buffer_kib:
+            argv += ["-B", str(self.buffer_kib)]
         if self.filter:
             argv.append(self.filter)
         self.job = self.lab.spawn(self.node, argv)
@@ -69,6 +78,20 @@ class Capture:
     def stop(self) -> None:
         if self.job is not None and self.job.running:
             self.job.terminate()
+
+    def stats(self) -> str:
+        """tcpdump's closing statistics (captured, received, dropped), after stop."""
+        assert self.job is not None and not self.job.running, "stop() first"
+        return " / ".join(ln.strip() for ln in self.job.output()[1].splitlines() if " packets " in ln)
+
+    def dropped(self) -> int:
+        """Frames the kernel dropped because tcpdump fell behind (after stop)."""
+        assert self.job is not None and not self.job.running, "stop() first"
+        m = re.search(r"(\d+) packets? dropped by kernel", self.job.output()[1])
+        if m is None:
+            raise LabError(f"tcpdump on {self.node}:{self.ifname} printed no statistics: "
+                           f"{self.job.output()[1].strip()[-200:]}")  # fmt: skip
+        return int(m.group(1))
 
 
 def live(lab: Lab, node: str, ifname: str | None, out: BinaryIO, *, count: int = 0,
