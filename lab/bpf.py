@@ -27,6 +27,7 @@ BPF_DIR = ROOT / "bpf"
 BUILD_DIR = BPF_DIR / "build"
 TEST_RUN = BUILD_DIR / "xdp_test_run"
 PORTS_MAX = 64  # xdp_test_run --ports: lo and dummy devices up to this ifindex
+PORTS_NETNS = "toalab-xdp-ports"  # where xdp_test_run --ports runs; it keeps it between runs
 
 XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from lab.net import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
+_PORTS_NS_BEFORE = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,10 +113,23 @@ def unsupported(kernel: str, err: Exception) -> None:
     pytest.skip(f"unsupported on {kernel}: {err}")
 
 
+def _ports_netns() -> Path:
+    from lab.bpf import PORTS_NETNS
+
+    return Path("/run/netns") / PORTS_NETNS
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_PORTS_NS_BEFORE] = _ports_netns().exists()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # CI must never pass on a run that collected nothing.
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # the namespace xdp_test_run --ports keeps between runs: gone if this run made it
+    if not session.config.stash.get(_PORTS_NS_BEFORE, True) and _ports_netns().exists():
+        subprocess.run(["ip", "netns", "del", _ports_netns().name], capture_output=True, check=False)
 
 
 def needs_root() -> None:
