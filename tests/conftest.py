@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,14 +112,10 @@ def unsupported(kernel: str, err: Exception) -> None:
     pytest.skip(f"unsupported on {kernel}: {err}")
 
 
-def _ports_netns() -> Path:
+def pytest_sessionstart(session: pytest.Session) -> None:
     from lab.bpf import PORTS_NETNS
 
-    return Path("/run/netns") / PORTS_NETNS
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_PORTS_NS_BEFORE] = _ports_netns().exists()
+    session.config.stash[_PORTS_NS_BEFORE] = netns.exists(PORTS_NETNS)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -128,8 +123,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     # the namespace xdp_test_run --ports keeps between runs: gone if this run made it
-    if not session.config.stash.get(_PORTS_NS_BEFORE, True) and _ports_netns().exists():
-        subprocess.run(["ip", "netns", "del", _ports_netns().name], capture_output=True, check=False)
+    if not session.config.stash.get(_PORTS_NS_BEFORE, True):
+        from lab.bpf import PORTS_NETNS
+
+        netns.remove(PORTS_NETNS)
 
 
 def needs_root() -> None:
