@@ -9,6 +9,7 @@ share its lab, so the matrix costs one lab per topology and one guest boot.
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 import xml.etree.ElementTree as ET
@@ -77,6 +78,20 @@ def test_the_host_engine_skips_module_scenarios_with_the_reason() -> None:
     (nomod,) = scenario.select(["fullnat-4to4-tcp-nomod"])
     assert "--engine vm" in runner.fits(mod) and "toa" in runner.fits(mod)
     assert runner.fits(nomod) == ""
+
+
+def test_the_runner_order_keeps_a_topology_and_its_module_sets_together() -> None:
+    def sc(sid: str, topo: str, mods: tuple[str, ...]) -> scenario.Scenario:
+        return scenario.Scenario(sid, "", topo, "tcp", modules=mods)
+
+    scs = [sc("a", "t1", ("toa", "uoa")), sc("b", "t2", ()), sc("c", "t1", ()),
+           sc("d", "t1", ("uoa", "toa")), sc("e", "t2", ("toa",)), sc("f", "t1", ())]  # fmt: skip
+    assert [s.id for s in scenario.by_topology(scs)] == ["a", "d", "c", "f", "b", "e"]
+    order = scenario.by_topology(list(scenario.load().values()))
+    changes = sum(1 for x, y in itertools.pairwise(order)
+                  if (x.topology, sorted(x.modules)) != (y.topology, sorted(y.modules)))  # fmt: skip
+    groups = {(s.topology, tuple(sorted(s.modules))) for s in order}
+    assert changes == len(groups) - 1  # each (topology, modules) group runs once, unbroken
 
 
 def test_junit_report() -> None:
