@@ -35,7 +35,7 @@ def _med(xs: list[float]) -> str:
 
 def attach_times(runs: int, kernel: str | None) -> None:
     topo = topology.load(ROOT / "topologies" / "fullnat-4to4.yaml")
-    with VMSession(kernel=kernel, progress=None, cpus=1) as vm:  # as scenario.Runner boots it
+    with VMSession(kernel=kernel, progress=None, cpus=scenario.GUEST_CPUS) as vm:  # as the runner's
         obj = bpf.obj_path(lb.BPF_OBJ)
         vm.provide([obj, bpf.obj_path("xdp_pass")])
         k = vm.kernel()

@@ -87,11 +87,13 @@ def test_the_runner_order_keeps_a_topology_and_its_module_sets_together() -> Non
     scs = [sc("a", "t1", ("toa", "uoa")), sc("b", "t2", ()), sc("c", "t1", ()),
            sc("d", "t1", ("uoa", "toa")), sc("e", "t2", ("toa",)), sc("f", "t1", ())]  # fmt: skip
     assert [s.id for s in scenario.by_topology(scs)] == ["a", "d", "c", "f", "b", "e"]
+
+    def group(s: scenario.Scenario) -> tuple[str, tuple[str, ...]]:
+        return s.topology, tuple(sorted(s.modules))
+
     order = scenario.by_topology(list(scenario.load().values()))
-    changes = sum(1 for x, y in itertools.pairwise(order)
-                  if (x.topology, sorted(x.modules)) != (y.topology, sorted(y.modules)))  # fmt: skip
-    groups = {(s.topology, tuple(sorted(s.modules))) for s in order}
-    assert changes == len(groups) - 1  # each (topology, modules) group runs once, unbroken
+    changes = sum(1 for x, y in itertools.pairwise(order) if group(x) != group(y))
+    assert changes == len({group(s) for s in order}) - 1  # each group runs once, unbroken
 
 
 def test_junit_report() -> None:
